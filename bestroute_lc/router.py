@@ -1,0 +1,103 @@
+"""The multi-head router (paper eq. 5).
+
+A shared BERT-style encoder maps the conversation to h_q; K x N linear heads give
+p[k, n] = sigmoid(w_kn . h_q + b_kn) for every non-reference member k and n = 1..N.
+The K x N heads are stored as one ``nn.Linear(hidden, K * N)``: row (k, n) of its weight
+and bias is exactly (w_kn, b_kn), so this is the paper's K x N independent heads computed
+in one matrix product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bestroute_lc.artifacts import RouterConfig, tokenizer_info
+from bestroute_lc.conversation import RenderedConversation
+from bestroute_lc.encoders import EncoderPredictor, encoder_forward, load_backbone
+from bestroute_lc.encoding import encode_conversations
+
+
+class MultiHeadRouter(nn.Module):
+    def __init__(self, encoder: nn.Module, num_members: int, max_n: int, pooling: str = "mean", dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.num_members = num_members
+        self.max_n = max_n
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.heads = nn.Linear(encoder.config.hidden_size, num_members * max_n)
+
+    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
+        """Logits of shape [batch, K, N]; ``torch.sigmoid`` gives the match probabilities."""
+        pooled = self.dropout(encoder_forward(self.encoder, batch, self.pooling))
+        return self.heads(pooled).view(-1, self.num_members, self.max_n)
+
+
+class RouterPredictor(EncoderPredictor[RouterConfig]):
+    """Batched inference for a ``MultiHeadRouter`` (GPU when present).
+
+    ``predict`` / ``apredict`` go through the micro-batcher, so concurrent calls share
+    forward passes; ``predict_batch`` runs one batch directly.
+    """
+
+    kind = "router"
+    config_class = RouterConfig
+
+    @classmethod
+    def build_module(cls, encoder: nn.Module, config: RouterConfig) -> nn.Module:
+        return MultiHeadRouter(encoder, len(config.members), config.max_n, config.pooling)
+
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: str | Path | tuple[nn.Module, Any],
+        *,
+        members: Sequence[str],
+        reference: str,
+        max_n: int,
+        pooling: str = "mean",
+        max_length: int | None = None,
+        **kwargs: Any,
+    ) -> RouterPredictor:
+        """A new (untrained) router on a local pretrained encoder, or an (encoder, tokenizer) pair."""
+        encoder, tokenizer = load_backbone(backbone) if not isinstance(backbone, tuple) else backbone
+        if reference in members:
+            raise ValueError(f"the reference {reference!r} must not be one of the routed members")
+        config = RouterConfig(
+            backbone=str(backbone if not isinstance(backbone, tuple) else encoder.config.name_or_path or "in-memory"),
+            encoder_config=encoder.config.to_dict(),
+            pooling=pooling,  # type: ignore[arg-type]
+            max_length=max_length or min(int(getattr(tokenizer, "model_max_length", 512)), 512),
+            tokenizer=tokenizer_info(tokenizer),
+            members=list(members),
+            reference=reference,
+            max_n=max_n,
+        )
+        return cls(cls.build_module(encoder, config), tokenizer, config, **kwargs)
+
+    def encode(self, conversations: Sequence[RenderedConversation]) -> Any:
+        return encode_conversations(self.tokenizer, conversations, self.config.max_length)
+
+    def forward_items(self, items: list[RenderedConversation]) -> list[np.ndarray]:
+        logits = self.module(**self.to_device(self.encode(items)))
+        return list(torch.sigmoid(logits).float().cpu().numpy())
+
+    def predict_batch(self, conversations: Sequence[RenderedConversation]) -> np.ndarray:
+        """Match probabilities [batch, K, N] for a batch, in one call (no batcher)."""
+        return np.stack(self._forward_in_chunks(list(conversations)))
+
+    def as_table(self, probabilities: np.ndarray) -> dict[str, list[float]]:
+        """[K, N] array -> {member: [p(n=1), ..., p(n=N)]} in head order."""
+        return {m: [float(p) for p in row] for m, row in zip(self.config.members, probabilities)}
+
+    def predict(self, conversation: RenderedConversation) -> dict[str, list[float]]:
+        return self.as_table(self.batcher([conversation])[0])
+
+    async def apredict(self, conversation: RenderedConversation) -> dict[str, list[float]]:
+        return self.as_table((await self.batcher.acall([conversation]))[0])
