@@ -7,7 +7,9 @@ and reports the decision to callbacks (a custom event) and to LangSmith (``llm_o
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +23,7 @@ from langchain_core.language_models import BaseChatModel, LanguageModelInput, La
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough, ensure_config
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
@@ -37,6 +39,24 @@ from bestroute_lc.sync_bridge import iterate_sync, run_sync
 
 #: Name of the custom callback event that carries each routing decision.
 DECISION_EVENT = "bestroute_decision"
+
+# LangChain's stream()/astream() do not hand the run manager to _stream/_astream. To
+# dispatch the decision event on the right run, stream()/astream() pick the run id
+# themselves and leave (config, run id) here for _stream/_astream to find.
+_STREAM_RUN: ContextVar[tuple[RunnableConfig, uuid.UUID] | None] = ContextVar("bestroute_stream_run", default=None)
+
+
+def _stream_run_config(config: RunnableConfig | None) -> tuple[RunnableConfig, uuid.UUID]:
+    config = ensure_config(config)
+    run_id = config.get("run_id") or uuid.uuid4()
+    return {**config, "run_id": run_id}, run_id
+
+
+def _reset(token: Any) -> None:
+    try:
+        _STREAM_RUN.reset(token)
+    except ValueError:  # generator closed from another context: nothing left to undo
+        pass
 
 
 class BestRouteChatModel(BaseChatModel):
@@ -189,17 +209,55 @@ class BestRouteChatModel(BaseChatModel):
             inheritable_metadata=run_manager.inheritable_metadata,
         )
 
+    @staticmethod
+    def _stream_event_manager(manager_class: type) -> tuple[Any, uuid.UUID] | None:
+        current = _STREAM_RUN.get()
+        if current is None:
+            return None
+        config, run_id = current
+        manager = manager_class.configure(
+            inheritable_callbacks=config.get("callbacks"),
+            inheritable_tags=config.get("tags"),
+            inheritable_metadata=config.get("metadata"),
+        )
+        return manager, run_id
+
     def _dispatch(self, result: RouteResult, run_manager: CallbackManagerForLLMRun | None) -> None:
         if run_manager is not None:
-            self._event_manager(run_manager, CallbackManager).on_custom_event(
-                DECISION_EVENT, self._decision_event(result), run_id=run_manager.run_id
-            )
+            target = (self._event_manager(run_manager, CallbackManager), run_manager.run_id)
+        else:
+            target = self._stream_event_manager(CallbackManager)
+        if target is not None:
+            target[0].on_custom_event(DECISION_EVENT, self._decision_event(result), run_id=target[1])
 
     async def _adispatch(self, result: RouteResult, run_manager: AsyncCallbackManagerForLLMRun | None) -> None:
         if run_manager is not None:
-            await self._event_manager(run_manager, AsyncCallbackManager).on_custom_event(
-                DECISION_EVENT, self._decision_event(result), run_id=run_manager.run_id
-            )
+            target = (self._event_manager(run_manager, AsyncCallbackManager), run_manager.run_id)
+        else:
+            target = self._stream_event_manager(AsyncCallbackManager)
+        if target is not None:
+            await target[0].on_custom_event(DECISION_EVENT, self._decision_event(result), run_id=target[1])
+
+    def stream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
+    ) -> Iterator[AIMessageChunk]:
+        config, run_id = _stream_run_config(config)
+        token = _STREAM_RUN.set((config, run_id))
+        try:
+            yield from super().stream(input, config, stop=stop, **kwargs)
+        finally:
+            _reset(token)
+
+    async def astream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
+    ) -> AsyncIterator[AIMessageChunk]:
+        config, run_id = _stream_run_config(config)
+        token = _STREAM_RUN.set((config, run_id))
+        try:
+            async for chunk in super().astream(input, config, stop=stop, **kwargs):
+                yield chunk
+        finally:
+            _reset(token)
 
     # -- calls ----------------------------------------------------------------------------
     def _generate(

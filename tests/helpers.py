@@ -10,7 +10,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
-from bestroute_lc import Pool, PoolMember, Prices, RewardPredictor, RouterPredictor
+from bestroute_lc import Pool, PoolMember, Prices, Reranker, RewardPredictor, RouterPredictor
 
 
 @functools.lru_cache(maxsize=1)
@@ -51,11 +51,16 @@ def tiny_reward_model(**kwargs: Any) -> RewardPredictor:
 class ScriptedChatModel(BaseChatModel):
     """A deterministic local chat model: answers ``"<name> answer <i>"`` with usage.
 
-    ``fail`` makes every call raise; ``calls`` counts calls (shared across copies).
+    Knobs for fault tests: ``fail`` (every call raises), ``fail_first`` (the first k calls
+    raise), ``empty`` (returns empty content), ``latency_s`` (async sleep), ``tool_call``
+    (answers with a call to the first bound tool). ``calls`` records every call.
     """
 
     name_: str = "scripted"
     fail: bool = False
+    fail_first: int = 0
+    empty: bool = False
+    latency_s: float = 0.0
     words: int = 3
     calls: list = []
 
@@ -63,19 +68,53 @@ class ScriptedChatModel(BaseChatModel):
     def _llm_type(self) -> str:
         return "scripted"
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kwargs: Any) -> ChatResult:
+    def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any) -> Any:
+        from langchain_core.utils.function_calling import convert_to_openai_tool
+
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], tool_choice=tool_choice, **kwargs)
+
+    def _reply(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> AIMessage:
         self.calls.append({"messages": messages, "kwargs": kwargs})
-        if self.fail:
-            raise RuntimeError(f"{self.name_} is down")
         index = len(self.calls)
-        text = f"{self.name_} answer {index} " + "word " * (self.words - 3)
+        if self.fail or index <= self.fail_first:
+            raise RuntimeError(f"{self.name_} is down")
         prompt_tokens = sum(len(str(m.content).split()) for m in messages)
-        message = AIMessage(
-            content=text.strip(),
-            usage_metadata={"input_tokens": prompt_tokens, "output_tokens": self.words, "total_tokens": prompt_tokens + self.words},
-            response_metadata={"model_name": self.name_},
-        )
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        usage = {"input_tokens": prompt_tokens, "output_tokens": self.words, "total_tokens": prompt_tokens + self.words}
+        tools = kwargs.get("tools")
+        if tools:
+            name = tools[0]["function"]["name"]
+            return AIMessage(
+                content="",
+                tool_calls=[{"name": name, "args": {"x": index}, "id": f"call_{index}", "type": "tool_call"}],
+                usage_metadata=usage,
+                response_metadata={"model_name": self.name_},
+            )
+        text = "" if self.empty else (f"{self.name_} answer {index} " + "word " * max(0, self.words - 3)).strip()
+        return AIMessage(content=text, usage_metadata=usage, response_metadata={"model_name": self.name_})
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kwargs: Any) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=self._reply(messages, kwargs))])
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kwargs: Any) -> ChatResult:
+        import asyncio
+
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        return self._generate(messages, stop, **kwargs)
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kwargs: Any):
+        import asyncio
+
+        from langchain_core.messages import AIMessageChunk
+        from langchain_core.outputs import ChatGenerationChunk
+
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        reply = self._reply(messages, kwargs)
+        words = str(reply.content).split(" ") if reply.content else []
+        for i, word in enumerate(words):
+            yield ChatGenerationChunk(message=AIMessageChunk(content=word if i == 0 else " " + word))
+        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=reply.usage_metadata))
 
 
 def scripted_pool(reference: str = "big", others: Sequence[str] = ("small", "mid")) -> Pool:
@@ -85,3 +124,35 @@ def scripted_pool(reference: str = "big", others: Sequence[str] = ("small", "mid
         for name in [reference, *others]
     ]
     return Pool(members=members, reference=reference)
+
+
+def fixed_router(table: dict[str, Sequence[float]], reference: str) -> RouterPredictor:
+    """A tiny router whose heads ignore the input and give exactly ``table``'s probabilities."""
+    import math
+
+    import torch
+
+    members = list(table)
+    max_n = len(next(iter(table.values())))
+    router = tiny_router(members, reference, max_n=max_n)
+    with torch.no_grad():
+        router.module.heads.weight.zero_()
+        logits = [math.log(p / (1 - p)) if 0 < p < 1 else (30.0 if p >= 1 else -30.0) for m in members for p in table[m]]
+        router.module.heads.bias.copy_(torch.tensor(logits))
+    return router
+
+
+class LengthReranker(Reranker):
+    """A deterministic reranker for tests: longer candidates score higher."""
+
+    name = "length"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def score(self, prompt: str, candidates: Sequence[str]) -> list[float]:
+        self.calls.append((prompt, list(candidates)))
+        return [float(len(c)) for c in candidates]
+
+    async def ascore(self, prompt: str, candidates: Sequence[str]) -> list[float]:
+        return self.score(prompt, candidates)

@@ -206,6 +206,11 @@ class LoopbackLLMServer:
         default_retry_after_s: ``Retry-After`` of a ``Fault.HTTP_429`` without
             ``retry_after_s`` (sent as whole seconds in ``Retry-After`` and as
             milliseconds in ``retry-after-ms``, which the OpenAI SDK prefers).
+        keep_alive: keep HTTP/1.1 connections open between requests. Off by
+            default: every response carries ``Connection: close``, because
+            ChatOpenAI shares one cached async HTTP client per base_url across
+            instances, and a pooled connection created in one test's event loop
+            breaks ("Event loop is closed") when reused from the next test's loop.
     """
 
     def __init__(
@@ -219,6 +224,7 @@ class LoopbackLLMServer:
         api_key: str | None = None,
         default_hang_s: float = 30.0,
         default_retry_after_s: float = 0.1,
+        keep_alive: bool = False,
     ) -> None:
         if protocol not in PROTOCOLS:
             msg = f"protocol must be one of {PROTOCOLS}, got {protocol!r}"
@@ -230,6 +236,7 @@ class LoopbackLLMServer:
         self.api_key = api_key
         self.default_hang_s = default_hang_s
         self.default_retry_after_s = default_retry_after_s
+        self.keep_alive = keep_alive
 
         self._lock = threading.RLock()
         self._behaviors: dict[str, ModelBehavior] = {}
@@ -686,6 +693,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
+        if not self.server.owner.keep_alive:
+            self.send_header("Connection", "close")
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
@@ -804,6 +813,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
+        if not owner.keep_alive:
+            self.send_header("Connection", "close")
         for k, v in common_headers.items():
             self.send_header(k, v)
         self.end_headers()
