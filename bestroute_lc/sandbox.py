@@ -150,6 +150,8 @@ class SandboxResult:
         program_error: why a required code chunk failed (``"SyntaxError: ..."``), else
             ``None``.
         stderr_tail: the last characters the child wrote to stderr.
+        check_errors: per check, ``None`` or why it failed (``"timeout"``,
+            ``"NameError: ..."``, ``"not run"``); a wrong value is ``None``.
     """
 
     passed: int
@@ -282,7 +284,8 @@ def _bestroute_sandbox_child():
     def numbers_close(a, b):
         if isinstance(a, bool) or isinstance(b, bool):
             return False
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and (isinstance(a, float) or isinstance(b, float)):
+        numbers = isinstance(a, (int, float)) and isinstance(b, (int, float))
+        if numbers and (isinstance(a, float) or isinstance(b, float)):
             return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
         return False
 
@@ -442,7 +445,7 @@ def _parse_results(stdout_path: Path, nonce: str, total: int) -> tuple[list[bool
         if not line.startswith(prefix):
             continue
         try:
-            record = json.loads(line[len(prefix):].decode("utf-8"))
+            record = json.loads(line[len(prefix) :].decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
             continue
         if "program_error" in record:

@@ -293,9 +293,37 @@ def extract_candidate_code(text: str, function_names: Iterable[str] = ()) -> str
     return _code_region(text) or text
 
 
-def build_candidate_program(
-    prompt_code: str | None, candidate: str, function_names: Iterable[str]
-) -> list[CodeChunk]:
+def _continue_function_stub(prompt_code: str, body: str) -> str:
+    """``prompt_code`` (ending with a function stub) followed by ``body``: as given if
+    that parses, else re-indented, else with trailing prose (unindented lines after
+    the body) cut off. Returns the plain concatenation if nothing parses (a real
+    syntax error then counts as zero passes)."""
+    head = prompt_code.rstrip() + "\n"
+    if not body.strip():
+        body = "    pass\n"
+    lines = body.splitlines()
+    first_prose_line = next(
+        (
+            i
+            for i, line in enumerate(lines)
+            if i > 0 and line.strip() and not line[0].isspace() and not line.startswith("#")
+        ),
+        None,
+    )
+    without_prose = "\n".join(lines[:first_prose_line]) + "\n" if first_prose_line else None
+    variants = []
+    for text in (body, without_prose):
+        if text is None:
+            continue
+        variants += [
+            head + text,
+            head + textwrap.indent(textwrap.dedent(text), "    "),
+            head + "    " + text.lstrip(),  # the first line lost its indentation
+        ]
+    return next((v for v in variants if _parse(v) is not None), variants[0])
+
+
+def build_candidate_program(prompt_code: str | None, candidate: str, function_names: Iterable[str]) -> list[CodeChunk]:
     """The code chunks to execute for one candidate.
 
     * If the candidate's code defines one of ``function_names``, it is a whole program:
@@ -314,15 +342,10 @@ def build_candidate_program(
         code = textwrap.dedent(code)
     if not defines_entry and _ends_with_function_stub(prompt_code):
         assert prompt_code is not None
-        head = prompt_code.rstrip() + "\n"
-        body = code if code.strip() else "    pass\n"
-        variants = [
-            head + body,
-            head + textwrap.indent(textwrap.dedent(body), "    "),
-            head + "    " + body.lstrip(),  # the first line lost its indentation
-        ]
-        program = next((v for v in variants if _parse(v) is not None), variants[0])
-        return [CodeChunk(program)]
+        # A fenced body is the block; an unfenced one is the whole text (not the
+        # ``def helper`` stretch that may follow the body, which extraction would pick).
+        body = code if _fenced_blocks(candidate) else candidate
+        return [CodeChunk(_continue_function_stub(prompt_code, body))]
     chunks = []
     if prompt_code:
         chunks.append(CodeChunk(prompt_code, required=False))
@@ -377,10 +400,10 @@ def _doctest_examples(prompt: str) -> list[ExpressionCheck]:
             if len(line) - len(line.lstrip()) < len(indent):
                 break  # dedented: prose after the example
             if stripped.endswith(('"""', "'''")):
-                output_lines.append(line[len(indent):].rstrip()[:-3])
+                output_lines.append(line[len(indent) :].rstrip()[:-3])
                 i += 1
                 break
-            output_lines.append(line[len(indent):])
+            output_lines.append(line[len(indent) :])
             i += 1
         source = "\n".join(source_lines).strip()
         output = "\n".join(output_lines).strip()
@@ -528,7 +551,9 @@ def _call_from_assignments(
     return None
 
 
-def _named_input_examples(prompt: str, function: ast.FunctionDef | ast.AsyncFunctionDef | None) -> list[ExpressionCheck]:
+def _named_input_examples(
+    prompt: str, function: ast.FunctionDef | ast.AsyncFunctionDef | None
+) -> list[ExpressionCheck]:
     if function is None:
         return []
     examples = []
@@ -687,4 +712,4 @@ class CodeExecutionReranker(Reranker):
         if not has_examples:
             return [float(s) for s in tiebreaker_scores] if tiebreaker_scores is not None else [0.0] * count
         tiebreaks = [_squash(float(s)) for s in tiebreaker_scores] if tiebreaker_scores is not None else [0.0] * count
-        return [float(r.passed) + t for r, t in zip(results, tiebreaks)]
+        return [float(r.passed) + t for r, t in zip(results, tiebreaks, strict=True)]

@@ -176,6 +176,7 @@ class _Choice:
 class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256  # bursts of parallel calls (batch / best-of-n fan-out)
     owner: LoopbackLLMServer
 
     def server_bind(self) -> None:  # skip the reverse-DNS lookup of HTTPServer
@@ -304,12 +305,6 @@ class LoopbackLLMServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def __del__(self) -> None:  # best effort
-        try:
-            self.stop(timeout=0.5)
-        except Exception:
-            pass
-
     @property
     def port(self) -> int:
         if self._httpd is None:
@@ -404,6 +399,9 @@ class LoopbackLLMServer:
     def _ensure_behavior(self, model: str) -> ModelBehavior:
         b = self._behaviors.get(model)
         if b is None:
+            if not self.allow_unknown_models and model != "*":
+                msg = f"model {model!r} is not hosted (allow_unknown_models=False); add_model() it first"
+                raise KeyError(msg)
             b = self._behaviors[model] = ModelBehavior()
         return b
 
@@ -666,8 +664,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # -- bookkeeping so stop() can close idle keep-alive connections
     def setup(self) -> None:
         super().setup()
-        with self.server.owner._lock:
-            self.server.owner._conns[self.connection] = threading.current_thread()
+        owner = self.server.owner
+        with owner._lock:
+            owner._conns[self.connection] = threading.current_thread()
+        if owner._stop_event.is_set():  # accepted just before stop(): refuse
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def finish(self) -> None:
         try:

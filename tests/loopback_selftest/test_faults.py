@@ -481,3 +481,32 @@ def test_api_key_enforced() -> None:
         with pytest.raises(openai.AuthenticationError):
             _openai(srv).invoke("hi")
         assert ChatOpenAI(model="m", base_url=srv.base_url, api_key="secret", max_retries=0).invoke("hi").content
+
+
+def test_concurrent_requests_and_request_log(loopback_openai_server: LoopbackLLMServer) -> None:
+    srv = loopback_openai_server
+    srv.set_behavior("loop-gpt", latency_s=0.2)
+    srv.set_fault("loop-gpt", Fault.HTTP_500, times=5)
+    llm = _openai(srv)
+    t0 = time.monotonic()
+    results = llm.batch([f"prompt {i}" for i in range(40)], config={"max_concurrency": 40}, return_exceptions=True)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 3  # served in parallel, not 40 x 0.2 s
+    failures = [r for r in results if isinstance(r, Exception)]
+    assert len(failures) == 5 and all(isinstance(f, openai.InternalServerError) for f in failures)
+    assert len(srv.requests) == 40
+    assert sorted(r["status"] for r in srv.requests) == [200] * 35 + [500] * 5
+    assert {r["body"]["messages"][0]["content"] for r in srv.requests} == {f"prompt {i}" for i in range(40)}
+
+
+async def test_concurrent_async_mistral(loopback_mistral_server: LoopbackLLMServer) -> None:
+    import asyncio
+
+    srv = loopback_mistral_server
+    srv.set_behavior("loop-mistral", latency_s=0.2)
+    llm = _mistral(srv)
+    t0 = time.monotonic()
+    outs = await asyncio.gather(*(llm.ainvoke(f"q{i}") for i in range(20)))
+    assert time.monotonic() - t0 < 3
+    assert all(o.content for o in outs)
+    assert srv.request_count("loop-mistral") == 20

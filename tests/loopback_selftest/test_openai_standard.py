@@ -11,7 +11,13 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from tests.loopback.fixtures import get_shared_server
 
-pytestmark = pytest.mark.network_loopback
+pytestmark = [
+    pytest.mark.network_loopback,
+    # client-side noise: the OpenAI SDK's parse() result and the V1-schema fallback
+    pytest.mark.filterwarnings("ignore:Pydantic serializer warnings:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Received a Pydantic BaseModel V1 schema:UserWarning"),
+    pytest.mark.filterwarnings("ignore:OpenAI may require a filename:UserWarning"),
+]
 
 
 class TestLoopbackChatOpenAI(ChatModelIntegrationTests):
