@@ -109,6 +109,12 @@ class MicroBatcher(Generic[Item, Result]):
             if first is None:
                 return
             batch, stop = self._collect(first)
+            # Callers that gave up (cancelled or timed out) while queued get no forward pass.
+            batch = [request for request in batch if request.future.set_running_or_notify_cancel()]
+            if not batch:
+                if stop:
+                    return
+                continue
             items = [item for request in batch for item in request.items]
             try:
                 results = list(self._batch_fn(items))

@@ -25,27 +25,67 @@ def _token_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
 
+def _count(tokenizer: Any, text: str) -> int:
+    return len(_token_ids(tokenizer, [text])[0]) if text else 0
+
+
 def _budget(tokenizer: Any, max_length: int, pair: bool) -> int:
     return max_length - tokenizer.num_special_tokens_to_add(pair=pair)
+
+
+def _offsets(tokenizer: Any, text: str) -> list[tuple[int, int]]:
+    return tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+
+
+def tail_text(tokenizer: Any, text: str, keep_tokens: int) -> str:
+    """The end of ``text`` that encodes to at most ``keep_tokens`` tokens.
+
+    Cut in characters, at a word start, not in token ids: decoding a cut that falls
+    inside a word gives a leading sub-word piece that re-encodes to more tokens, and
+    the overflow would then be truncated from the *end*, losing the newest text.
+    """
+    if keep_tokens <= 0 or not text:
+        return ""
+    while True:
+        offsets = _offsets(tokenizer, text)
+        if len(offsets) <= keep_tokens:
+            return text
+        start = offsets[len(offsets) - keep_tokens][0]
+        while 0 < start < len(text) and not text[start - 1].isspace():
+            start += 1  # move to the next word start
+        text = text[start:]
+
+
+def head_text(tokenizer: Any, text: str, keep_tokens: int) -> str:
+    """The start of ``text`` that encodes to at most ``keep_tokens`` tokens."""
+    while True:
+        if keep_tokens <= 0 or not text:
+            return ""
+        offsets = _offsets(tokenizer, text)
+        if len(offsets) <= keep_tokens:
+            return text
+        # A cut after a token is a prefix of the same pieces; the loop guards the rare
+        # tokenizer for which it is not.
+        text = text[: offsets[keep_tokens - 1][1]]
+        keep_tokens -= 0 if len(_offsets(tokenizer, text)) <= keep_tokens else 1
 
 
 def _fit_conversation(tokenizer: Any, conversation: RenderedConversation, budget: int) -> str:
     pieces: list[str] = []
     remaining = budget
     if conversation.system:
-        system_ids = _token_ids(tokenizer, [conversation.system])[0]
-        cap = min(len(system_ids), budget // 4)
-        pieces.append(conversation.system if cap == len(system_ids) else tokenizer.decode(system_ids[:cap]))
-        remaining -= cap + 1  # +1: the newline between pieces
+        system = head_text(tokenizer, conversation.system, budget // 4)
+        pieces.append(system)
+        remaining -= _count(tokenizer, system) + 1  # +1: the newline between pieces
     kept: list[str] = []
     for turn, ids in zip(reversed(conversation.turns), reversed(_token_ids(tokenizer, conversation.turns))):
-        if remaining <= 0:
+        if remaining <= 1:
             break
         if len(ids) + 1 <= remaining:
             kept.append(turn)
             remaining -= len(ids) + 1
         else:
-            kept.append(tokenizer.decode(ids[len(ids) - remaining + 1 :]) if remaining > 1 else "")
+            kept.append(tail_text(tokenizer, turn, remaining - 1))
             remaining = 0
     return "\n".join(pieces + [t for t in reversed(kept) if t])
 
@@ -69,12 +109,9 @@ def encode_pairs(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str
     fitted_prompts, fitted_responses = [], []
     for prompt, p_ids, response, r_ids in zip(prompts, prompt_ids, responses, response_ids):
         response_budget = min(len(r_ids), max(budget - len(p_ids), (3 * budget) // 4))
-        prompt_budget = budget - response_budget
-        fitted_responses.append(response if response_budget == len(r_ids) else tokenizer.decode(r_ids[:response_budget]))
-        if len(p_ids) <= prompt_budget:
-            fitted_prompts.append(prompt)
-        else:
-            fitted_prompts.append(tokenizer.decode(p_ids[len(p_ids) - prompt_budget :]) if prompt_budget > 0 else "")
+        fitted_response = head_text(tokenizer, response, response_budget)
+        fitted_responses.append(fitted_response)
+        fitted_prompts.append(tail_text(tokenizer, prompt, budget - _count(tokenizer, fitted_response)))
     return tokenizer(
         fitted_prompts,
         fitted_responses,
