@@ -17,9 +17,9 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
@@ -109,6 +109,22 @@ class RouteResult:
             ],
             "latency_s": self.latency_s,
         }
+
+
+@dataclass
+class _CallState:
+    """What one call has done so far: the decision, and every option tried."""
+
+    decision: Decision
+    table: dict[str, list[float]]
+    routing_s: float
+    generation_s: float = 0.0
+    attempts: list[Attempt] = field(default_factory=list)
+    failed: set[str] = field(default_factory=set)
+
+    def record(self, attempt: Attempt) -> None:
+        self.attempts.append(attempt)
+        self.generation_s += attempt.latency_s
 
 
 def _usage_from_result(generation_message: BaseMessage, llm_output: dict[str, Any] | None) -> UsageMetadata | None:
@@ -296,43 +312,48 @@ class BestRouteEngine:
         return argmax_first(scores), [float(s) for s in scores], None
 
     # -- whole call -----------------------------------------------------------------------
-    def _options(self, decision: Decision, failed: set[str]) -> list[Option]:
-        return [o for o in decision.fallbacks if o.member not in failed]
+    async def _start(
+        self, messages: Sequence[BaseMessage], threshold: float, member: str | None
+    ) -> _CallState:
+        decision, table, routing_s = await self.adecide(messages, threshold, member)
+        return _CallState(decision=decision, table=table, routing_s=routing_s)
 
-    def _raise_all_failed(self, attempts: list[Attempt]) -> None:
-        detail = "; ".join(f"{a.member} (n={a.n}): {a.error or 'no usable sample'}" for a in attempts)
+    def _options(self, state: _CallState) -> Iterator[Option]:
+        """The fallback chain, skipping members that already failed in this call."""
+        for option in state.decision.fallbacks:
+            if option.member not in state.failed:
+                yield option
+
+    def _raise_all_failed(self, state: _CallState) -> NoReturn:
+        detail = "; ".join(f"{a.member} (n={a.n}): {a.error or 'no usable sample'}" for a in state.attempts)
         raise BestRouteError(f"every pool option failed: {detail}")
 
     def _finish(
         self,
-        messages: Sequence[BaseMessage],
-        decision: Decision,
-        table: dict[str, list[float]],
+        state: _CallState,
         option: Option,
-        chosen: AIMessage,
-        chosen_index: int,
         candidates: list[AIMessage],
-        scores: list[float] | None,
-        attempts: list[Attempt],
-        latency: dict[str, float],
-        rerank_error: str | None,
+        chosen_index: int = 0,
+        scores: list[float] | None = None,
+        rerank_s: float = 0.0,
+        rerank_error: str | None = None,
     ) -> RouteResult:
-        usage = _sum_usage([a.usage for a in attempts])
-        cost = sum(a.cost_usd for a in attempts)
+        chosen = candidates[chosen_index]
+        usage = _sum_usage([a.usage for a in state.attempts])
         message = chosen.model_copy(deep=True)
         message.usage_metadata = usage
         result = RouteResult(
             message=message,
-            decision=decision,
-            match_probabilities=table,
+            decision=state.decision,
+            match_probabilities=state.table,
             member=option.member,
             n=option.n,
             candidates=candidates,
             scores=scores,
-            attempts=attempts,
+            attempts=state.attempts,
             usage=usage,
-            cost_usd=cost,
-            latency_s=latency,
+            cost_usd=sum(a.cost_usd for a in state.attempts),
+            latency_s={"routing": state.routing_s, "generation": state.generation_s, "rerank": rerank_s},
             reranker=self.reranker.name if (self.reranker is not None and len(candidates) > 1) else None,
             rerank_error=rerank_error,
             extra={"chosen_index": chosen_index},
@@ -345,6 +366,24 @@ class BestRouteEngine:
         }
         return result
 
+    async def _best_of_n(
+        self,
+        state: _CallState,
+        option: Option,
+        messages: Sequence[BaseMessage],
+        stop: list[str] | None,
+        call_kwargs: dict[str, Any],
+    ) -> RouteResult | None:
+        """Draw ``option.n`` samples and rerank them; None (member marked failed) if none came."""
+        samples, attempt = await self.asample(self.pool[option.member], option.n, messages, stop, call_kwargs)
+        state.record(attempt)
+        if not samples:
+            state.failed.add(option.member)
+            return None
+        start = time.perf_counter()
+        index, scores, rerank_error = await self.arerank(messages, samples)
+        return self._finish(state, option, samples, index, scores, time.perf_counter() - start, rerank_error)
+
     async def arun(
         self,
         messages: Sequence[BaseMessage],
@@ -355,28 +394,12 @@ class BestRouteEngine:
         call_kwargs: dict[str, Any] | None = None,
     ) -> RouteResult:
         """Route, sample with fallbacks, rerank."""
-        call_kwargs = call_kwargs or {}
-        decision, table, routing_s = await self.adecide(messages, threshold, member)
-        attempts: list[Attempt] = []
-        failed: set[str] = set()
-        generation_s = 0.0
-        for option in decision.fallbacks:
-            if option.member in failed:
-                continue
-            samples, attempt = await self.asample(self.pool[option.member], option.n, messages, stop, call_kwargs)
-            attempts.append(attempt)
-            generation_s += attempt.latency_s
-            if not samples:
-                failed.add(option.member)
-                continue
-            start = time.perf_counter()
-            index, scores, rerank_error = await self.arerank(messages, samples)
-            latency = {"routing": routing_s, "generation": generation_s, "rerank": time.perf_counter() - start}
-            return self._finish(
-                messages, decision, table, option, samples[index], index, samples, scores, attempts, latency, rerank_error
-            )
-        self._raise_all_failed(attempts)
-        raise AssertionError("unreachable")
+        state = await self._start(messages, threshold, member)
+        for option in self._options(state):
+            result = await self._best_of_n(state, option, messages, stop, call_kwargs or {})
+            if result is not None:
+                return result
+        self._raise_all_failed(state)
 
     async def astream(
         self,
@@ -396,57 +419,34 @@ class BestRouteEngine:
         mid-stream raises, since tokens already shown cannot be taken back.
         """
         call_kwargs = call_kwargs or {}
-        decision, table, routing_s = await self.adecide(messages, threshold, member)
-        attempts: list[Attempt] = []
-        failed: set[str] = set()
-        generation_s = 0.0
-        for option in decision.fallbacks:
-            if option.member in failed:
-                continue
-            pool_member = self.pool[option.member]
+        state = await self._start(messages, threshold, member)
+        for option in self._options(state):
             if option.n > 1:
-                samples, attempt = await self.asample(pool_member, option.n, messages, stop, call_kwargs)
-                attempts.append(attempt)
-                generation_s += attempt.latency_s
-                if not samples:
-                    failed.add(option.member)
+                result = await self._best_of_n(state, option, messages, stop, call_kwargs)
+                if result is None:
                     continue
-                start = time.perf_counter()
-                index, scores, rerank_error = await self.arerank(messages, samples)
-                latency = {"routing": routing_s, "generation": generation_s, "rerank": time.perf_counter() - start}
-                result = self._finish(
-                    messages, decision, table, option, samples[index], index, samples, scores, attempts, latency, rerank_error
-                )
-                chunk = to_chunk(samples[index])
+                chunk = to_chunk(result.candidates[result.extra["chosen_index"]])
                 chunk.response_metadata = {}
                 yield chunk
                 yield result
                 return
+            pool_member = self.pool[option.member]
             attempt = Attempt(member=option.member, n=1)
-            attempts.append(attempt)
             start = time.perf_counter()
             collected: AIMessageChunk | None = None
-            usage: UsageMetadata | None = None
             try:
-                async for chunk in self._stream_member(pool_member, messages, stop, call_kwargs, attempt):
+                async for chunk in self._stream_member(pool_member, messages, stop, call_kwargs):
                     if chunk.usage_metadata:
-                        usage = add_usage(usage, chunk.usage_metadata)
+                        attempt.usage = add_usage(attempt.usage, chunk.usage_metadata)
                     collected = chunk if collected is None else collected + chunk
-                    out = chunk.model_copy(update={"usage_metadata": None, "chunk_position": None, "response_metadata": {}})
-                    yield out
+                    yield chunk.model_copy(update={"usage_metadata": None, "chunk_position": None, "response_metadata": {}})
             except _NoFirstChunk as exc:
                 attempt.error = _describe(exc.__cause__ or exc)
-                attempt.latency_s = time.perf_counter() - start
-                generation_s += attempt.latency_s
-                failed.add(option.member)
-                continue
             attempt.latency_s = time.perf_counter() - start
-            generation_s += attempt.latency_s
-            attempt.usage = usage
-            attempt.cost_usd = usage_cost_usd(usage, pool_member.prices)
+            attempt.cost_usd = usage_cost_usd(attempt.usage, pool_member.prices)
+            state.record(attempt)
             if collected is None:
-                attempt.error = "empty response"
-                failed.add(option.member)
+                state.failed.add(option.member)
                 continue
             attempt.received = 1
             final = AIMessage(
@@ -457,10 +457,9 @@ class BestRouteEngine:
                 invalid_tool_calls=collected.invalid_tool_calls,
                 id=collected.id,
             )
-            latency = {"routing": routing_s, "generation": generation_s, "rerank": 0.0}
-            yield self._finish(messages, decision, table, option, final, 0, [final], None, attempts, latency, None)
+            yield self._finish(state, option, [final])
             return
-        self._raise_all_failed(attempts)
+        self._raise_all_failed(state)
 
     async def _stream_member(
         self,
@@ -468,7 +467,6 @@ class BestRouteEngine:
         messages: Sequence[BaseMessage],
         stop: list[str] | None,
         call_kwargs: dict[str, Any],
-        attempt: Attempt,
     ) -> AsyncIterator[AIMessageChunk]:
         """The member's chunks, produced by a detached pump task (see module doc).
 

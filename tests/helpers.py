@@ -10,7 +10,14 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
-from bestroute_lc import Pool, PoolMember, Prices, Reranker, RewardPredictor, RouterPredictor
+from bestroute_lc import (
+    Pool,
+    PoolMember,
+    Prices,
+    Reranker,
+    RewardPredictor,
+    RouterPredictor,
+)
 
 
 @functools.lru_cache(maxsize=1)

@@ -21,6 +21,7 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 from bestroute_lc import BestRouteChatModel
 from tests.helpers import fixed_router, tiny_reward_model
 from tests.loopback_pools import loopback_pool
+from tests.standard_capabilities import ToolsJsonUsageOverride
 
 pytestmark = [
     pytest.mark.network_loopback,
@@ -38,7 +39,7 @@ def _reward() -> Any:
     return _REWARD
 
 
-class _BestRouteSuite(ChatModelIntegrationTests):
+class _BestRouteSuite(ToolsJsonUsageOverride, ChatModelIntegrationTests):
     table: dict[str, list[float]]
     threshold = 0.6
     with_mistral = True
@@ -55,30 +56,6 @@ class _BestRouteSuite(ChatModelIntegrationTests):
             "reranker": _reward(),
             "threshold": self.threshold,
         }
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def supports_model_override(self) -> bool:
-        return True
 
     @property
     def model_override_value(self) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+
 def _png_1x1() -> bytes:
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)

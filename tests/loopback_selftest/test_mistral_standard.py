@@ -10,11 +10,12 @@ from langchain_mistralai import ChatMistralAI
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from tests.loopback.fixtures import get_shared_server
+from tests.standard_capabilities import ToolsJsonUsageOverride
 
 pytestmark = pytest.mark.network_loopback
 
 
-class TestLoopbackChatMistralAI(ChatModelIntegrationTests):
+class TestLoopbackChatMistralAI(ToolsJsonUsageOverride, ChatModelIntegrationTests):
     @property
     def chat_model_class(self) -> type[ChatMistralAI]:
         return ChatMistralAI
@@ -28,30 +29,6 @@ class TestLoopbackChatMistralAI(ChatModelIntegrationTests):
             "max_retries": 0,
             "timeout": 10,
         }
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def supports_model_override(self) -> bool:
-        return True
 
     @property
     def model_override_value(self) -> str:

@@ -10,6 +10,7 @@ from langchain_openai import ChatOpenAI
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from tests.loopback.fixtures import get_shared_server
+from tests.standard_capabilities import ToolsJsonUsageOverride
 
 pytestmark = [
     pytest.mark.network_loopback,
@@ -20,7 +21,7 @@ pytestmark = [
 ]
 
 
-class TestLoopbackChatOpenAI(ChatModelIntegrationTests):
+class TestLoopbackChatOpenAI(ToolsJsonUsageOverride, ChatModelIntegrationTests):
     @property
     def chat_model_class(self) -> type[ChatOpenAI]:
         return ChatOpenAI
@@ -37,30 +38,6 @@ class TestLoopbackChatOpenAI(ChatModelIntegrationTests):
             # base_url ChatOpenAI leaves it off, so ask for usage explicitly.
             "stream_usage": True,
         }
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def supports_model_override(self) -> bool:
-        return True
 
     @property
     def model_override_value(self) -> str:

@@ -12,7 +12,14 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:  # make `bestroute_lc` importable however pytest is run
     sys.path.insert(0, _ROOT)
 
-from bestroute_lc.policy import Decision, MemberCosts, Option, choose, forced, validate_threshold
+from bestroute_lc.policy import (
+    Decision,
+    MemberCosts,
+    Option,
+    choose,
+    forced,
+    validate_threshold,
+)
 
 # Prices chosen so every estimate is easy to compute by hand.
 REF = MemberCosts(input_per_mtok=5.0, output_per_mtok=15.0, avg_output_tokens=100, prompt_billed_per_sample=True)

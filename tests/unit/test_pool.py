@@ -13,7 +13,14 @@ if _ROOT not in sys.path:  # make `bestroute_lc` / `tests.helpers` importable ho
     sys.path.insert(0, _ROOT)
 
 from bestroute_lc.policy import MemberCosts
-from bestroute_lc.pool import NBilling, Pool, PoolMember, check_pool_matches, default_n_billing, model_name_of
+from bestroute_lc.pool import (
+    NBilling,
+    Pool,
+    PoolMember,
+    check_pool_matches,
+    default_n_billing,
+    model_name_of,
+)
 from bestroute_lc.pricing import Prices
 from tests.helpers import ScriptedChatModel, scripted_pool
 

@@ -12,8 +12,14 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:  # make `bestroute_lc` importable however pytest is run
     sys.path.insert(0, _ROOT)
 
-from bestroute_lc.pricing import PAPER_TABLE6, PRESETS, Prices, lookup_prices, paper_prices, usage_cost_usd
-
+from bestroute_lc.pricing import (
+    PAPER_TABLE6,
+    PRESETS,
+    Prices,
+    lookup_prices,
+    paper_prices,
+    usage_cost_usd,
+)
 
 # -- Prices math ----------------------------------------------------------------------
 

@@ -10,11 +10,12 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 from bestroute_lc import BestRouteChatModel
 from tests.helpers import LengthReranker, fixed_router
 from tests.loopback_pools import loopback_pool
+from tests.standard_capabilities import ToolsJsonUsageOverride
 
 _UNUSED = "http://127.0.0.1:9/v1"  # discard port: nothing is sent in unit tests
 
 
-class TestBestRouteChatModelUnit(ChatModelUnitTests):
+class TestBestRouteChatModelUnit(ToolsJsonUsageOverride, ChatModelUnitTests):
     """Skipped by the suite itself, and why that is right here:
     test_init_from_env: BestRoute reads no environment variables (its members do);
     test_serdes: a BestRouteChatModel holds live clients and torch modules, which
@@ -31,30 +32,6 @@ class TestBestRouteChatModelUnit(ChatModelUnitTests):
             "router": fixed_router({"gpt-mini": [0.2, 0.3, 0.9], "mistral-small": [0.1, 0.7, 0.8]}, "gpt-large"),
             "reranker": LengthReranker(),
         }
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def supports_model_override(self) -> bool:
-        return True
 
     @property
     def model_override_value(self) -> str:
