@@ -23,11 +23,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from langchain_core.messages import HumanMessage  # noqa: E402
+import torch
+from langchain_core.messages import HumanMessage
 
-from bestroute_lc import RewardPredictor, RouterPredictor  # noqa: E402
-from bestroute_lc.conversation import render_conversation  # noqa: E402
+from bestroute_lc import RewardPredictor, RouterPredictor
+from bestroute_lc.conversation import render_conversation
 
 
 def prompts(count: int) -> list[str]:
@@ -71,8 +71,8 @@ def main() -> None:
     print("\n| batch | router decisions/s | reward-model candidates/s |\n|---:|---:|---:|")
     rows = []
     for batch in (1, 8, 32):
-        router_s = timed(lambda: router.predict_batch(conversations[:batch]), args.repeats)
-        reward_s = timed(lambda: reward._forward_in_chunks([(texts[0], answer)] * batch), args.repeats)
+        router_s = timed(lambda b=batch: router.predict_batch(conversations[:b]), args.repeats)
+        reward_s = timed(lambda b=batch: reward._forward_in_chunks([(texts[0], answer)] * b), args.repeats)
         rows.append({"batch": batch, "router_per_s": batch / router_s, "reward_per_s": batch / reward_s})
         print(f"| {batch} | {batch / router_s:.1f} | {batch / reward_s:.1f} |")
     results["throughput"] = rows

@@ -36,6 +36,6 @@ __all__ = [
     "RouterPredictor",
     "choose",
     "lookup_prices",
-    "paper_prices",
     "pairwise_ranking_loss",
+    "paper_prices",
 ]

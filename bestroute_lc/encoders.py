@@ -143,12 +143,12 @@ class EncoderPredictor(Generic[Config]):
             raise ArtifactError(f"{directory}: missing {WEIGHTS_FILE}")
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        except Exception as exc:  # noqa: BLE001 - any tokenizer failure means a broken artifact
+        except Exception as exc:
             raise ArtifactError(f"{directory}: cannot load the tokenizer files ({exc})") from exc
         check_tokenizer(directory, config.tokenizer, tokenizer)
         module = cls.build_module(encoder_from_config(config.encoder_config), config)  # type: ignore[arg-type]
         try:
             load_model(module, str(weights), strict=True)
-        except Exception as exc:  # noqa: BLE001 - safetensors raises several types for corrupt files
+        except Exception as exc:
             raise ArtifactError(f"{weights}: cannot load weights ({type(exc).__name__}: {exc})") from exc
         return cls(module, tokenizer, config, **kwargs)

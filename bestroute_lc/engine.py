@@ -461,6 +461,22 @@ class BestRouteEngine:
             return
         self._raise_all_failed(state)
 
+    @staticmethod
+    async def _pump(
+        member: PoolMember,
+        messages: Sequence[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        queue: asyncio.Queue,
+    ) -> None:
+        """Move a member's stream into ``queue``: chunks, then ``_STREAM_DONE`` or the error."""
+        try:
+            async for chunk in member.chat_model.astream(list(messages), stop=stop, **kwargs):
+                await queue.put(chunk)
+            await queue.put(_STREAM_DONE)
+        except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
+            await queue.put(exc)
+
     async def _stream_member(
         self,
         member: PoolMember,
@@ -481,17 +497,9 @@ class BestRouteEngine:
             if try_index:
                 await asyncio.sleep(min(0.05 * 2**try_index, 2.0))
             queue: asyncio.Queue = asyncio.Queue()
-            done = object()
-
-            async def pump() -> None:
-                try:
-                    async for chunk in member.chat_model.astream(list(messages), stop=stop, **kwargs):
-                        await queue.put(chunk)
-                    await queue.put(done)
-                except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
-                    await queue.put(exc)
-
-            task = asyncio.get_running_loop().create_task(_tracing_off(pump), context=contextvars.Context())
+            task = asyncio.get_running_loop().create_task(
+                _tracing_off(lambda q=queue: self._pump(member, messages, stop, kwargs, q)), context=contextvars.Context()
+            )
             received_any = False
             held: AIMessageChunk | None = None  # empty chunks before the first real one
             try:
@@ -500,7 +508,7 @@ class BestRouteEngine:
                         item = await asyncio.wait_for(queue.get(), timeout=member.timeout_s)
                     except asyncio.TimeoutError as exc:
                         item = exc
-                    if item is done:
+                    if item is _STREAM_DONE:
                         if not received_any:
                             last_error = RuntimeError("empty response")
                             break
@@ -526,3 +534,6 @@ class BestRouteEngine:
 
 class _NoFirstChunk(Exception):
     pass
+
+
+_STREAM_DONE = object()

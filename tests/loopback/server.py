@@ -689,7 +689,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         try:
             super().handle_one_request()
-        except (ConnectionError, _ClientGone, socket.timeout, OSError):
+        except (TimeoutError, ConnectionError, _ClientGone, OSError):
             self.close_connection = True
 
     # -- low level writers

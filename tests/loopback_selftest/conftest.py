@@ -9,13 +9,13 @@ _ROOT = Path(__file__).resolve().parents[2]
 if str(_ROOT) not in sys.path:  # make `tests.loopback` importable however pytest is run
     sys.path.insert(0, str(_ROOT))
 
-from tests.loopback.fixtures import (  # noqa: E402,F401
+from tests.loopback.fixtures import (  # noqa: F401
     _loopback_shared_servers,
     loopback_mistral_server,
     loopback_openai_server,
     shared_mistral_server,
     shared_openai_server,
 )
-from tests.loopback.media import offline_standard_suite_media  # noqa: E402,F401
+from tests.loopback.media import offline_standard_suite_media  # noqa: F401
 
 
