@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:  # make `tests.loopback` importable however pytest is run
-    sys.path.insert(0, str(_ROOT))
-
 from tests.loopback.fixtures import (  # noqa: F401
     _loopback_shared_servers,
     loopback_mistral_server,

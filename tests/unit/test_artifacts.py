@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -13,11 +12,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 import pytest
 import torch
-
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:  # make `bestroute_lc` / `tests.helpers` importable however pytest is run
-    sys.path.insert(0, _ROOT)
-
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from bestroute_lc.artifacts import (

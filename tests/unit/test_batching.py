@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:  # make `bestroute_lc` importable however pytest is run
-    sys.path.insert(0, _ROOT)
 
 from bestroute_lc.batching import MicroBatcher
 

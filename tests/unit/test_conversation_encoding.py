@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
-
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:  # make `bestroute_lc` / `tests.helpers` importable however pytest is run
-    sys.path.insert(0, _ROOT)
 
 from bestroute_lc.conversation import (
     RenderedConversation,

@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
-
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:  # make `bestroute_lc` importable however pytest is run
-    sys.path.insert(0, _ROOT)
 
 from bestroute_lc.policy import (
     Decision,

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from pydantic import ValidationError
-
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:  # make `bestroute_lc` importable however pytest is run
-    sys.path.insert(0, _ROOT)
 
 from bestroute_lc.pricing import (
     PAPER_TABLE6,
