@@ -90,6 +90,12 @@ class BestRouteChatModel(BaseChatModel):
     threshold: float = 0.5
     #: Pin every call to this member (skips the router); per call: ``invoke(..., model=name)``.
     model: str | None = None
+    #: Also put ``input_cost`` / ``output_cost`` / ``total_cost`` (USD, floats) in the
+    #: returned message's ``usage_metadata``, where LangSmith reads per-run costs for
+    #: models it cannot price itself ("bestroute" is not in its price table). Off by
+    #: default: LangChain's ``add_usage`` (used by ``get_usage_metadata_callback`` and to
+    #: merge stream chunks) accepts integers only. Never applied to streamed chunks.
+    cost_in_usage_metadata: bool = False
     temperature: float | None = None
     max_tokens: int | None = None
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
@@ -178,9 +184,15 @@ class BestRouteChatModel(BaseChatModel):
             "call_kwargs": kwargs,
         }
 
-    @staticmethod
-    def _chat_result(result: RouteResult) -> ChatResult:
+    def _chat_result(self, result: RouteResult) -> ChatResult:
         usage = result.usage or {}
+        if self.cost_in_usage_metadata and result.message.usage_metadata is not None:
+            result.message.usage_metadata = {  # type: ignore[typeddict-unknown-key]
+                **result.message.usage_metadata,
+                "input_cost": result.input_cost_usd,
+                "output_cost": result.output_cost_usd,
+                "total_cost": result.cost_usd,
+            }
         llm_output = {
             "token_usage": {
                 "prompt_tokens": usage.get("input_tokens", 0),
@@ -189,6 +201,8 @@ class BestRouteChatModel(BaseChatModel):
             },
             "model_name": result.member,
             "cost_usd": result.cost_usd,
+            "input_cost_usd": result.input_cost_usd,
+            "output_cost_usd": result.output_cost_usd,
             "bestroute": result.metadata(),
         }
         return ChatResult(generations=[ChatGeneration(message=result.message)], llm_output=llm_output)

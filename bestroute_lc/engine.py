@@ -28,7 +28,7 @@ from langchain_core.messages.tool import tool_call_chunk
 from bestroute_lc.conversation import render_candidate, render_conversation, validate_messages
 from bestroute_lc.policy import Decision, Option, choose, forced, validate_threshold
 from bestroute_lc.pool import NBilling, Pool, PoolMember, check_pool_matches
-from bestroute_lc.pricing import usage_cost_usd
+from bestroute_lc.pricing import Prices, usage_cost_split
 from bestroute_lc.rerankers.base import Reranker, argmax_first
 from bestroute_lc.router import RouterPredictor
 
@@ -63,8 +63,18 @@ class Attempt:
     received: int = 0
     error: str | None = None
     usage: UsageMetadata | None = None
-    cost_usd: float = 0.0
+    input_cost_usd: float = 0.0
+    output_cost_usd: float = 0.0
     latency_s: float = 0.0
+
+    @property
+    def cost_usd(self) -> float:
+        return self.input_cost_usd + self.output_cost_usd
+
+    def bill(self, usage: UsageMetadata | None, prices: Prices) -> None:
+        """Record what the provider reported for this attempt and what it costs."""
+        self.usage = usage
+        self.input_cost_usd, self.output_cost_usd = usage_cost_split(usage, prices)
 
 
 @dataclass
@@ -80,11 +90,17 @@ class RouteResult:
     scores: list[float] | None
     attempts: list[Attempt]
     usage: UsageMetadata | None
-    cost_usd: float
+    input_cost_usd: float
+    output_cost_usd: float
     latency_s: dict[str, float]
     reranker: str | None
     rerank_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cost_usd(self) -> float:
+        """Billed USD of everything this call sent, failed attempts included."""
+        return self.input_cost_usd + self.output_cost_usd
 
     def metadata(self) -> dict[str, Any]:
         d = self.decision
@@ -292,8 +308,7 @@ class BestRouteEngine:
                     samples.append(message)
         attempt.latency_s = time.perf_counter() - start
         attempt.received = len(samples)
-        attempt.usage = _sum_usage(usages)
-        attempt.cost_usd = usage_cost_usd(attempt.usage, member.prices)
+        attempt.bill(_sum_usage(usages), member.prices)
         if errors:
             attempt.error = f"{len(errors)} of {n} sample(s) failed: " + "; ".join(sorted(set(errors)))
         return samples, attempt
@@ -352,7 +367,8 @@ class BestRouteEngine:
             scores=scores,
             attempts=state.attempts,
             usage=usage,
-            cost_usd=sum(a.cost_usd for a in state.attempts),
+            input_cost_usd=sum(a.input_cost_usd for a in state.attempts),
+            output_cost_usd=sum(a.output_cost_usd for a in state.attempts),
             latency_s={"routing": state.routing_s, "generation": state.generation_s, "rerank": rerank_s},
             reranker=self.reranker.name if (self.reranker is not None and len(candidates) > 1) else None,
             rerank_error=rerank_error,
@@ -434,16 +450,17 @@ class BestRouteEngine:
             attempt = Attempt(member=option.member, n=1)
             start = time.perf_counter()
             collected: AIMessageChunk | None = None
+            usage: UsageMetadata | None = None
             try:
                 async for chunk in self._stream_member(pool_member, messages, stop, call_kwargs):
                     if chunk.usage_metadata:
-                        attempt.usage = add_usage(attempt.usage, chunk.usage_metadata)
+                        usage = add_usage(usage, chunk.usage_metadata)
                     collected = chunk if collected is None else collected + chunk
                     yield chunk.model_copy(update={"usage_metadata": None, "chunk_position": None, "response_metadata": {}})
             except _NoFirstChunk as exc:
                 attempt.error = _describe(exc.__cause__ or exc)
             attempt.latency_s = time.perf_counter() - start
-            attempt.cost_usd = usage_cost_usd(attempt.usage, pool_member.prices)
+            attempt.bill(usage, pool_member.prices)
             state.record(attempt)
             if collected is None:
                 state.failed.add(option.member)

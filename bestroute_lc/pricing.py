@@ -100,12 +100,17 @@ def _as_float(value: Any) -> float | None:
         return float(base) if base is not None else None
 
 
-def usage_cost_usd(usage: Mapping[str, Any] | None, prices: Prices) -> float:
-    """Billed cost of one LangChain ``usage_metadata`` dict under ``prices``."""
+def usage_cost_split(usage: Mapping[str, Any] | None, prices: Prices) -> tuple[float, float]:
+    """(input, output) billed USD of one LangChain ``usage_metadata`` dict under ``prices``."""
     if not usage:
-        return 0.0
+        return 0.0, 0.0
     details = usage.get("input_token_details") or {}
     cache_read = details.get("cache_read") or 0
-    return prices.input_cost(usage.get("input_tokens", 0) or 0, cache_read) + prices.output_cost(
+    return prices.input_cost(usage.get("input_tokens", 0) or 0, cache_read), prices.output_cost(
         usage.get("output_tokens", 0) or 0
     )
+
+
+def usage_cost_usd(usage: Mapping[str, Any] | None, prices: Prices) -> float:
+    """Billed cost of one LangChain ``usage_metadata`` dict under ``prices``."""
+    return sum(usage_cost_split(usage, prices))

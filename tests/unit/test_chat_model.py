@@ -262,3 +262,18 @@ def test_reranker_required_for_best_of_n_routers() -> None:
 def test_pool_that_does_not_match_the_router_is_refused() -> None:
     with pytest.raises(ValueError, match="lacks member"):
         BestRouteChatModel(pool=scripted_pool(others=("small",)), router=fixed_router(TABLE, "big"), reranker=LengthReranker())
+
+
+def test_costs_in_usage_metadata_only_when_asked() -> None:
+    plain = make_llm(threshold=0.85).invoke("hi")
+    assert "total_cost" not in plain.usage_metadata  # LangChain sums usage as integers
+    llm = make_llm(threshold=0.85)
+    llm.cost_in_usage_metadata = True
+    message = llm.invoke("hi")
+    usage = message.usage_metadata
+    assert usage["total_cost"] == pytest.approx(meta(message)["actual_cost_usd"])
+    assert usage["input_cost"] + usage["output_cost"] == pytest.approx(usage["total_cost"])
+    # small: 0.1 $/M in, 0.2 $/M out; three requests of 3 output tokens each
+    assert usage["output_cost"] == pytest.approx(9 * 0.2 / 1e6)
+    streamed = list(llm.stream("hi"))
+    assert all("total_cost" not in (c.usage_metadata or {}) for c in streamed)
