@@ -5,16 +5,12 @@
 
 Framework adapters (LangChain, LlamaIndex) only translate to and from this module.
 
-Inner calls to pool members run *detached*: in a fresh ``contextvars.Context`` with
-LangSmith tracing off, so the caller's callbacks and tracer never see them. Otherwise
-LangChain's context propagation would fire ``on_chat_model_start`` for each sample
-and count tokens twice; their usage is reported once, on the outer run.
+Requests to pool members go through ``sampling.py`` (detached from the caller's
+callbacks; usage is reported once, on the outer run).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -25,12 +21,23 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.messages.tool import tool_call_chunk
 
-from bestroute_lc.conversation import render_candidate, render_conversation, validate_messages
+from bestroute_lc.conversation import (
+    render_candidate,
+    render_conversation,
+    validate_messages,
+)
 from bestroute_lc.policy import Decision, Option, choose, forced, validate_threshold
-from bestroute_lc.pool import NBilling, Pool, PoolMember, check_pool_matches
-from bestroute_lc.pricing import Prices, usage_cost_split
+from bestroute_lc.pool import Pool, PoolMember, check_pool_matches
 from bestroute_lc.rerankers.base import Reranker, argmax_first
 from bestroute_lc.router import RouterPredictor
+from bestroute_lc.sampling import (
+    Attempt,
+    NoFirstChunk,
+    describe_error,
+    draw_samples,
+    stream_member,
+    sum_usage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,29 +59,6 @@ def approximate_tokens(text: str) -> int:
     the provider's reported usage.
     """
     return max(1, (len(text) + 3) // 4)
-
-
-@dataclass
-class Attempt:
-    """One option tried during a call."""
-
-    member: str
-    n: int
-    received: int = 0
-    error: str | None = None
-    usage: UsageMetadata | None = None
-    input_cost_usd: float = 0.0
-    output_cost_usd: float = 0.0
-    latency_s: float = 0.0
-
-    @property
-    def cost_usd(self) -> float:
-        return self.input_cost_usd + self.output_cost_usd
-
-    def bill(self, usage: UsageMetadata | None, prices: Prices) -> None:
-        """Record what the provider reported for this attempt and what it costs."""
-        self.usage = usage
-        self.input_cost_usd, self.output_cost_usd = usage_cost_split(usage, prices)
 
 
 @dataclass
@@ -143,52 +127,6 @@ class _CallState:
         self.generation_s += attempt.latency_s
 
 
-def _usage_from_result(generation_message: BaseMessage, llm_output: dict[str, Any] | None) -> UsageMetadata | None:
-    usage = getattr(generation_message, "usage_metadata", None)
-    if usage:
-        return usage
-    token_usage = (llm_output or {}).get("token_usage") or (llm_output or {}).get("usage") or {}
-    prompt = token_usage.get("prompt_tokens", token_usage.get("input_tokens"))
-    completion = token_usage.get("completion_tokens", token_usage.get("output_tokens"))
-    if prompt is None and completion is None:
-        return None
-    return UsageMetadata(
-        input_tokens=int(prompt or 0), output_tokens=int(completion or 0), total_tokens=int(prompt or 0) + int(completion or 0)
-    )
-
-
-def _sum_usage(usages: Sequence[UsageMetadata | None]) -> UsageMetadata | None:
-    total: UsageMetadata | None = None
-    for usage in usages:
-        if usage:
-            total = add_usage(total, usage)
-    return total
-
-
-def _is_empty(message: AIMessage) -> bool:
-    return not render_candidate(message).strip()
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return "timed out"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
-
-
-async def run_detached(coroutine_factory: Any) -> Any:
-    """Await ``coroutine_factory()`` in an empty context with tracing off (see module doc)."""
-    task = asyncio.get_running_loop().create_task(_tracing_off(coroutine_factory), context=contextvars.Context())
-    return await task
-
-
-async def _tracing_off(factory: Any) -> Any:
-    from langsmith.run_helpers import tracing_context
-
-    with tracing_context(enabled=False):
-        return await factory()
-
-
 def to_chunk(message: AIMessage) -> AIMessageChunk:
     """A whole message as one stream chunk (tool calls become tool-call chunks)."""
     return AIMessageChunk(
@@ -240,78 +178,11 @@ class BestRouteEngine:
         return decision, table, time.perf_counter() - start
 
     # -- sampling -----------------------------------------------------------------------
-    def member_kwargs(self, member: PoolMember, call_kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Call kwargs for one member: tools bound through the member's own ``bind_tools``."""
-        kwargs = {k: v for k, v in call_kwargs.items() if k not in ENGINE_KWARGS and k not in TOOL_KWARGS}
-        tools = call_kwargs.get("tools")
-        if tools:
-            extra = {k: call_kwargs[k] for k in ("tool_choice", "parallel_tool_calls", "strict") if call_kwargs.get(k) is not None}
-            bound = member.chat_model.bind_tools(tools, **extra)
-            kwargs.update(getattr(bound, "kwargs", {}))
-        return kwargs
-
-    async def _one_request(
-        self, member: PoolMember, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-    ) -> tuple[list[AIMessage], UsageMetadata | None]:
-        """One request with retries and a timeout per attempt; returns (samples, billed usage)."""
-        last_error: BaseException | None = None
-        for attempt in range(member.max_retries + 1):
-            if attempt:
-                await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
-            try:
-                result = await asyncio.wait_for(
-                    run_detached(lambda: member.chat_model.agenerate([list(messages)], stop=stop, **kwargs)),
-                    timeout=member.timeout_s,
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any provider failure is retried, then reported
-                last_error = exc
-                logger.info("bestroute: %s attempt %d failed: %s", member.name, attempt + 1, _describe(exc))
-                continue
-            generations = result.generations[0]
-            messages_out = [g.message for g in generations if isinstance(g.message, AIMessage)]
-            # With native n the provider reports the usage of the whole request on every
-            # choice: count it once.
-            usage = _usage_from_result(generations[0].message, result.llm_output) if generations else None
-            return messages_out, usage
-        assert last_error is not None
-        raise last_error
-
     async def asample(
         self, member: PoolMember, n: int, messages: Sequence[BaseMessage], stop: list[str] | None, call_kwargs: dict[str, Any]
     ) -> tuple[list[AIMessage], Attempt]:
-        """Draw ``n`` samples from ``member``; failed or empty samples are dropped and recorded."""
-        attempt = Attempt(member=member.name, n=n)
-        kwargs = self.member_kwargs(member, call_kwargs)
-        start = time.perf_counter()
-        if member.n_billing is NBilling.NATIVE and n > 1:
-            requests = [self._one_request(member, messages, stop, {**kwargs, "n": n})]
-        else:
-            requests = [self._one_request(member, messages, stop, kwargs) for _ in range(n)]
-        outcomes = await asyncio.gather(*requests, return_exceptions=True)
-        samples: list[AIMessage] = []
-        usages: list[UsageMetadata | None] = []
-        errors: list[str] = []
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                if isinstance(outcome, asyncio.CancelledError):
-                    raise outcome
-                errors.append(_describe(outcome))
-                continue
-            got, usage = outcome
-            usages.append(usage)
-            for message in got:
-                if _is_empty(message):
-                    errors.append("empty response")
-                else:
-                    samples.append(message)
-        attempt.latency_s = time.perf_counter() - start
-        attempt.received = len(samples)
-        attempt.bill(_sum_usage(usages), member.prices)
-        if errors:
-            attempt.error = f"{len(errors)} of {n} sample(s) failed: " + "; ".join(sorted(set(errors)))
-        return samples, attempt
+        """Draw ``n`` samples from ``member`` (``sampling.draw_samples``)."""
+        return await draw_samples(member, n, messages, stop, call_kwargs)
 
     # -- reranking ----------------------------------------------------------------------
     async def arerank(self, messages: Sequence[BaseMessage], candidates: list[AIMessage]) -> tuple[int, list[float] | None, str | None]:
@@ -322,8 +193,8 @@ class BestRouteEngine:
         try:
             scores = await self.reranker.ascore(prompt, [render_candidate(c) for c in candidates])
         except Exception as exc:  # noqa: BLE001 - a broken reranker must not lose paid-for samples
-            logger.warning("bestroute: reranker failed (%s); returning the first sample", _describe(exc))
-            return 0, None, _describe(exc)
+            logger.warning("bestroute: reranker failed (%s); returning the first sample", describe_error(exc))
+            return 0, None, describe_error(exc)
         return argmax_first(scores), [float(s) for s in scores], None
 
     # -- whole call -----------------------------------------------------------------------
@@ -354,7 +225,7 @@ class BestRouteEngine:
         rerank_error: str | None = None,
     ) -> RouteResult:
         chosen = candidates[chosen_index]
-        usage = _sum_usage([a.usage for a in state.attempts])
+        usage = sum_usage([a.usage for a in state.attempts])
         message = chosen.model_copy(deep=True)
         message.usage_metadata = usage
         result = RouteResult(
@@ -391,7 +262,7 @@ class BestRouteEngine:
         call_kwargs: dict[str, Any],
     ) -> RouteResult | None:
         """Draw ``option.n`` samples and rerank them; None (member marked failed) if none came."""
-        samples, attempt = await self.asample(self.pool[option.member], option.n, messages, stop, call_kwargs)
+        samples, attempt = await draw_samples(self.pool[option.member], option.n, messages, stop, call_kwargs)
         state.record(attempt)
         if not samples:
             state.failed.add(option.member)
@@ -452,13 +323,13 @@ class BestRouteEngine:
             collected: AIMessageChunk | None = None
             usage: UsageMetadata | None = None
             try:
-                async for chunk in self._stream_member(pool_member, messages, stop, call_kwargs):
+                async for chunk in stream_member(pool_member, messages, stop, call_kwargs):
                     if chunk.usage_metadata:
                         usage = add_usage(usage, chunk.usage_metadata)
                     collected = chunk if collected is None else collected + chunk
                     yield chunk.model_copy(update={"usage_metadata": None, "chunk_position": None, "response_metadata": {}})
-            except _NoFirstChunk as exc:
-                attempt.error = _describe(exc.__cause__ or exc)
+            except NoFirstChunk as exc:
+                attempt.error = describe_error(exc.__cause__ or exc)
             attempt.latency_s = time.perf_counter() - start
             attempt.bill(usage, pool_member.prices)
             state.record(attempt)
@@ -478,79 +349,3 @@ class BestRouteEngine:
             return
         self._raise_all_failed(state)
 
-    @staticmethod
-    async def _pump(
-        member: PoolMember,
-        messages: Sequence[BaseMessage],
-        stop: list[str] | None,
-        kwargs: dict[str, Any],
-        queue: asyncio.Queue,
-    ) -> None:
-        """Move a member's stream into ``queue``: chunks, then ``_STREAM_DONE`` or the error."""
-        try:
-            async for chunk in member.chat_model.astream(list(messages), stop=stop, **kwargs):
-                await queue.put(chunk)
-            await queue.put(_STREAM_DONE)
-        except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
-            await queue.put(exc)
-
-    async def _stream_member(
-        self,
-        member: PoolMember,
-        messages: Sequence[BaseMessage],
-        stop: list[str] | None,
-        call_kwargs: dict[str, Any],
-    ) -> AsyncIterator[AIMessageChunk]:
-        """The member's chunks, produced by a detached pump task (see module doc).
-
-        Raises ``_NoFirstChunk`` when every try fails before the first chunk (the caller
-        falls back); later failures propagate as they are.
-        """
-        kwargs = self.member_kwargs(member, call_kwargs)
-        if member.n_billing is NBilling.NATIVE:
-            kwargs.setdefault("stream_usage", True)  # OpenAI protocol: usage only when asked
-        last_error: BaseException | None = None
-        for try_index in range(member.max_retries + 1):
-            if try_index:
-                await asyncio.sleep(min(0.05 * 2**try_index, 2.0))
-            queue: asyncio.Queue = asyncio.Queue()
-            task = asyncio.get_running_loop().create_task(
-                _tracing_off(lambda q=queue: self._pump(member, messages, stop, kwargs, q)), context=contextvars.Context()
-            )
-            received_any = False
-            held: AIMessageChunk | None = None  # empty chunks before the first real one
-            try:
-                while True:
-                    try:
-                        item = await asyncio.wait_for(queue.get(), timeout=member.timeout_s)
-                    except asyncio.TimeoutError as exc:
-                        item = exc
-                    if item is _STREAM_DONE:
-                        if not received_any:
-                            last_error = RuntimeError("empty response")
-                            break
-                        return
-                    if isinstance(item, BaseException):
-                        if received_any:
-                            raise item
-                        last_error = item
-                        break
-                    if isinstance(item, AIMessageChunk):
-                        if not received_any and not (item.content or item.tool_call_chunks):
-                            held = item if held is None else held + item
-                            continue
-                        if held is not None:
-                            item, held = held + item, None
-                        received_any = True
-                        yield item
-            finally:
-                if not task.done():
-                    task.cancel()
-        raise _NoFirstChunk() from last_error
-
-
-class _NoFirstChunk(Exception):
-    pass
-
-
-_STREAM_DONE = object()

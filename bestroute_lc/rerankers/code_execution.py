@@ -50,7 +50,13 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from bestroute_lc.rerankers.base import Reranker
-from bestroute_lc.sandbox import CodeChunk, ExpressionCheck, SandboxLimits, SandboxResult, run_in_sandbox
+from bestroute_lc.sandbox import (
+    CodeChunk,
+    ExpressionCheck,
+    SandboxLimits,
+    SandboxResult,
+    run_in_sandbox,
+)
 
 __all__ = [
     "CodeExecutionReranker",

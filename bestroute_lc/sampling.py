@@ -1,0 +1,253 @@
+"""Drawing samples from one pool member: the one place that calls provider chat models.
+
+Used by the engine at run time and by ``training/generate.py``, so training data is
+drawn exactly as production calls are (same clients, same n billing, same retries).
+
+Every request runs *detached*: in a fresh ``contextvars.Context`` with LangSmith tracing
+off, so the caller's callbacks and tracer never see it. Otherwise LangChain's context
+propagation would fire ``on_chat_model_start`` for each sample and count tokens twice;
+usage is reported once, by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata, add_usage
+
+from bestroute_lc.conversation import render_candidate
+from bestroute_lc.pool import NBilling, PoolMember
+from bestroute_lc.pricing import Prices, usage_cost_split
+
+logger = logging.getLogger(__name__)
+
+#: Kwargs of a call that are tool bindings, translated per member by its own bind_tools.
+TOOL_KWARGS = ("tools", "tool_choice", "parallel_tool_calls", "strict")
+#: Kwargs that only BestRoute reads; never forwarded to members.
+ENGINE_KWARGS = ("threshold", "model", "ls_structured_output_format")
+
+
+@dataclass
+class Attempt:
+    """One option tried during a call."""
+
+    member: str
+    n: int
+    received: int = 0
+    error: str | None = None
+    usage: UsageMetadata | None = None
+    input_cost_usd: float = 0.0
+    output_cost_usd: float = 0.0
+    latency_s: float = 0.0
+
+    @property
+    def cost_usd(self) -> float:
+        return self.input_cost_usd + self.output_cost_usd
+
+    def bill(self, usage: UsageMetadata | None, prices: Prices) -> None:
+        """Record what the provider reported for this attempt and what it costs."""
+        self.usage = usage
+        self.input_cost_usd, self.output_cost_usd = usage_cost_split(usage, prices)
+
+
+def _usage_from_result(generation_message: BaseMessage, llm_output: dict[str, Any] | None) -> UsageMetadata | None:
+    usage = getattr(generation_message, "usage_metadata", None)
+    if usage:
+        return usage
+    token_usage = (llm_output or {}).get("token_usage") or (llm_output or {}).get("usage") or {}
+    prompt = token_usage.get("prompt_tokens", token_usage.get("input_tokens"))
+    completion = token_usage.get("completion_tokens", token_usage.get("output_tokens"))
+    if prompt is None and completion is None:
+        return None
+    return UsageMetadata(
+        input_tokens=int(prompt or 0), output_tokens=int(completion or 0), total_tokens=int(prompt or 0) + int(completion or 0)
+    )
+
+
+def sum_usage(usages: Sequence[UsageMetadata | None]) -> UsageMetadata | None:
+    total: UsageMetadata | None = None
+    for usage in usages:
+        if usage:
+            total = add_usage(total, usage)
+    return total
+
+
+def _is_empty(message: AIMessage) -> bool:
+    return not render_candidate(message).strip()
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timed out"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+async def run_detached(coroutine_factory: Any) -> Any:
+    """Await ``coroutine_factory()`` in an empty context with tracing off (see module doc)."""
+    task = asyncio.get_running_loop().create_task(_tracing_off(coroutine_factory), context=contextvars.Context())
+    return await task
+
+
+async def _tracing_off(factory: Any) -> Any:
+    from langsmith.run_helpers import tracing_context
+
+    with tracing_context(enabled=False):
+        return await factory()
+
+
+def member_call_kwargs(member: PoolMember, call_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Call kwargs for one member: tools bound through the member's own ``bind_tools``."""
+    kwargs = {k: v for k, v in call_kwargs.items() if k not in ENGINE_KWARGS and k not in TOOL_KWARGS}
+    tools = call_kwargs.get("tools")
+    if tools:
+        extra = {k: call_kwargs[k] for k in ("tool_choice", "parallel_tool_calls", "strict") if call_kwargs.get(k) is not None}
+        bound = member.chat_model.bind_tools(tools, **extra)
+        kwargs.update(getattr(bound, "kwargs", {}))
+    return kwargs
+
+async def _one_request(
+    member: PoolMember, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+) -> tuple[list[AIMessage], UsageMetadata | None]:
+    """One request with retries and a timeout per attempt; returns (samples, billed usage)."""
+    last_error: BaseException | None = None
+    for attempt in range(member.max_retries + 1):
+        if attempt:
+            await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
+        try:
+            result = await asyncio.wait_for(
+                run_detached(lambda: member.chat_model.agenerate([list(messages)], stop=stop, **kwargs)),
+                timeout=member.timeout_s,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any provider failure is retried, then reported
+            last_error = exc
+            logger.info("bestroute: %s attempt %d failed: %s", member.name, attempt + 1, describe_error(exc))
+            continue
+        generations = result.generations[0]
+        messages_out = [g.message for g in generations if isinstance(g.message, AIMessage)]
+        # With native n the provider reports the usage of the whole request on every
+        # choice: count it once.
+        usage = _usage_from_result(generations[0].message, result.llm_output) if generations else None
+        return messages_out, usage
+    assert last_error is not None
+    raise last_error
+
+async def draw_samples(
+    member: PoolMember, n: int, messages: Sequence[BaseMessage], stop: list[str] | None, call_kwargs: dict[str, Any]
+) -> tuple[list[AIMessage], Attempt]:
+    """Draw ``n`` samples from ``member``; failed or empty samples are dropped and recorded."""
+    attempt = Attempt(member=member.name, n=n)
+    kwargs = member_call_kwargs(member, call_kwargs)
+    start = time.perf_counter()
+    if member.n_billing is NBilling.NATIVE and n > 1:
+        requests = [_one_request(member, messages, stop, {**kwargs, "n": n})]
+    else:
+        requests = [_one_request(member, messages, stop, kwargs) for _ in range(n)]
+    outcomes = await asyncio.gather(*requests, return_exceptions=True)
+    samples: list[AIMessage] = []
+    usages: list[UsageMetadata | None] = []
+    errors: list[str] = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            errors.append(describe_error(outcome))
+            continue
+        got, usage = outcome
+        usages.append(usage)
+        for message in got:
+            if _is_empty(message):
+                errors.append("empty response")
+            else:
+                samples.append(message)
+    attempt.latency_s = time.perf_counter() - start
+    attempt.received = len(samples)
+    attempt.bill(sum_usage(usages), member.prices)
+    if errors:
+        attempt.error = f"{len(errors)} of {n} sample(s) failed: " + "; ".join(sorted(set(errors)))
+    return samples, attempt
+
+
+async def _pump(
+    member: PoolMember,
+    messages: Sequence[BaseMessage],
+    stop: list[str] | None,
+    kwargs: dict[str, Any],
+    queue: asyncio.Queue,
+) -> None:
+    """Move a member's stream into ``queue``: chunks, then ``_STREAM_DONE`` or the error."""
+    try:
+        async for chunk in member.chat_model.astream(list(messages), stop=stop, **kwargs):
+            await queue.put(chunk)
+        await queue.put(_STREAM_DONE)
+    except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
+        await queue.put(exc)
+
+async def stream_member(
+    member: PoolMember,
+    messages: Sequence[BaseMessage],
+    stop: list[str] | None,
+    call_kwargs: dict[str, Any],
+) -> AsyncIterator[AIMessageChunk]:
+    """The member's chunks, produced by a detached pump task (see module doc).
+
+    Raises ``NoFirstChunk`` when every try fails before the first chunk (the caller
+    falls back); later failures propagate as they are.
+    """
+    kwargs = member_call_kwargs(member, call_kwargs)
+    if member.n_billing is NBilling.NATIVE:
+        kwargs.setdefault("stream_usage", True)  # OpenAI protocol: usage only when asked
+    last_error: BaseException | None = None
+    for try_index in range(member.max_retries + 1):
+        if try_index:
+            await asyncio.sleep(min(0.05 * 2**try_index, 2.0))
+        queue: asyncio.Queue = asyncio.Queue()
+        task = asyncio.get_running_loop().create_task(
+            _tracing_off(lambda q=queue: _pump(member, messages, stop, kwargs, q)), context=contextvars.Context()
+        )
+        received_any = False
+        held: AIMessageChunk | None = None  # empty chunks before the first real one
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout=member.timeout_s)
+                except asyncio.TimeoutError as exc:
+                    item = exc
+                if item is _STREAM_DONE:
+                    if not received_any:
+                        last_error = RuntimeError("empty response")
+                        break
+                    return
+                if isinstance(item, BaseException):
+                    if received_any:
+                        raise item
+                    last_error = item
+                    break
+                if isinstance(item, AIMessageChunk):
+                    if not received_any and not (item.content or item.tool_call_chunks):
+                        held = item if held is None else held + item
+                        continue
+                    if held is not None:
+                        item, held = held + item, None
+                    received_any = True
+                    yield item
+        finally:
+            if not task.done():
+                task.cancel()
+    raise NoFirstChunk() from last_error
+
+
+class NoFirstChunk(Exception):
+    """A streamed request failed before its first chunk (so falling back is safe)."""
+
+
+_STREAM_DONE = object()
