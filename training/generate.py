@@ -43,7 +43,13 @@ from langchain_core.messages import AIMessage, BaseMessage
 from bestroute_lc.conversation import render_candidate
 from bestroute_lc.engine import Attempt, BestRouteEngine
 from bestroute_lc.pool import NBilling, Pool, PoolMember
-from training.records import PromptRecord, RecordError, RecordStore, SampleRecord, read_records
+from training.records import (
+    PromptRecord,
+    RecordError,
+    RecordStore,
+    SampleRecord,
+    read_records,
+)
 
 Key = tuple[str, str, int]
 
@@ -95,8 +101,8 @@ class GenerationReport:
 
     def summary(self) -> str:
         lines = [
-            f"written {self.written}, skipped {self.skipped}, failed {self.failed_count}, "
-            f"missing {len(self.missing)}, billed ${self.cost_usd:.6f}, {self.wall_s:.1f} s"
+            f"written {self.written}, skipped {self.skipped}, failed {self.failed_count}, missing {len(self.missing)}, "
+            + f"billed ${self.cost_usd:.6f}, {self.wall_s:.1f} s"
         ]
         for member, errors in sorted(self.failed.items()):
             for error, count in sorted(errors.items(), key=lambda kv: -kv[1]):

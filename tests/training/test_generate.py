@@ -173,15 +173,25 @@ def test_bad_arguments(tmp_path: Path) -> None:
 
 
 # -- real clients against the loopback servers -----------------------------------------------
+@pytest.fixture
+def servers(
+    loopback_openai_server: LoopbackLLMServer,  # noqa: F811 - the imported fixture
+    loopback_mistral_server: LoopbackLLMServer,  # noqa: F811
+) -> tuple[LoopbackLLMServer, LoopbackLLMServer]:
+    """Fresh OpenAI- and Mistral-protocol loopback servers for one test."""
+    return loopback_openai_server, loopback_mistral_server
+
+
 def chat_requests(server: LoopbackLLMServer, model: str) -> list[dict]:
     return [r["body"] for r in server.requests.for_model(model)]
 
 
 @pytest.mark.network_loopback
 def test_native_n_is_one_request_parallel_is_n(
-    tmp_path: Path, loopback_openai_server: LoopbackLLMServer, loopback_mistral_server: LoopbackLLMServer
+    tmp_path: Path, servers: tuple[LoopbackLLMServer, LoopbackLLMServer]
 ) -> None:
-    pool = loopback_pool(loopback_openai_server.base_url, loopback_mistral_server.base_url, timeout_s=5, max_retries=0)
+    openai, mistral = servers
+    pool = loopback_pool(openai.base_url, mistral.base_url, timeout_s=5, max_retries=0)
     assert pool["gpt-mini"].n_billing is NBilling.NATIVE and pool["mistral-small"].n_billing is NBilling.PARALLEL
     prompts, s = make_prompts(2), 3
     path = tmp_path / "samples.jsonl"
@@ -190,14 +200,14 @@ def test_native_n_is_one_request_parallel_is_n(
     assert_exactly_once(path, all_keys(prompts, pool.names, s))
 
     for model in ("loop-gpt-large", "loop-gpt-mini"):
-        bodies = chat_requests(loopback_openai_server, model)
+        bodies = chat_requests(openai, model)
         assert len(bodies) == len(prompts) and all(b["n"] == s for b in bodies)  # ONE request per prompt
-    mistral = chat_requests(loopback_mistral_server, "loop-mistral-small")
-    assert len(mistral) == len(prompts) * s and all(b.get("n", 1) == 1 for b in mistral)
+    parallel = chat_requests(mistral, "loop-mistral-small")
+    assert len(parallel) == len(prompts) * s and all(b.get("n", 1) == 1 for b in parallel)
 
     records = rows(path)
     for prompt in prompts:
-        body = next(b for b in chat_requests(loopback_openai_server, "loop-gpt-mini") if b["messages"][-1]["content"] == prompt.chat_messages()[-1].content)
+        body = next(b for b in chat_requests(openai, "loop-gpt-mini") if b["messages"][-1]["content"] == prompt.chat_messages()[-1].content)
         prompt_tokens = prompt_token_count(body)
         mini = [r for r in records if r.prompt_id == prompt.id and r.member == "gpt-mini"]
         small = [r for r in records if r.prompt_id == prompt.id and r.member == "mistral-small"]
@@ -215,24 +225,26 @@ def test_native_n_is_one_request_parallel_is_n(
 
 @pytest.mark.network_loopback
 def test_request_n_caps_native_requests(
-    tmp_path: Path, loopback_openai_server: LoopbackLLMServer, loopback_mistral_server: LoopbackLLMServer
+    tmp_path: Path, servers: tuple[LoopbackLLMServer, LoopbackLLMServer]
 ) -> None:
-    pool = loopback_pool(loopback_openai_server.base_url, with_mistral=False, timeout_s=5, max_retries=0)
+    openai, _ = servers
+    pool = loopback_pool(openai.base_url, with_mistral=False, timeout_s=5, max_retries=0)
     report = generate_samples(make_prompts(1), pool, open_store(tmp_path / "s.jsonl"), 5, request_n=2, progress=False)
     assert report.complete and report.written == 10
-    bodies = chat_requests(loopback_openai_server, "loop-gpt-mini")
+    bodies = chat_requests(openai, "loop-gpt-mini")
     assert sorted(b.get("n", 1) for b in bodies) == [1, 2, 2]
 
 
 @pytest.mark.network_loopback
 def test_faulty_member_is_reported_then_filled_on_rerun(
-    tmp_path: Path, loopback_openai_server: LoopbackLLMServer, loopback_mistral_server: LoopbackLLMServer
+    tmp_path: Path, servers: tuple[LoopbackLLMServer, LoopbackLLMServer]
 ) -> None:
-    pool = loopback_pool(loopback_openai_server.base_url, loopback_mistral_server.base_url, timeout_s=5, max_retries=0)
+    openai, mistral = servers
+    pool = loopback_pool(openai.base_url, mistral.base_url, timeout_s=5, max_retries=0)
     prompts, s = make_prompts(2), 3
     path = tmp_path / "samples.jsonl"
-    loopback_mistral_server.set_fault("loop-mistral-small", Fault.HTTP_500)
-    loopback_openai_server.set_fault("loop-gpt-mini", Fault.HTTP_500, times=1)  # one native request of n=3
+    mistral.set_fault("loop-mistral-small", Fault.HTTP_500)
+    openai.set_fault("loop-gpt-mini", Fault.HTTP_500, times=1)  # one native request of n=3
     report = generate_samples(prompts, pool, open_store(path), s, progress=False)
 
     assert set(report.failed) == {"mistral-small", "gpt-mini"}
@@ -243,13 +255,13 @@ def test_faulty_member_is_reported_then_filled_on_rerun(
     assert mistral_keys <= set(report.missing) and len(report.missing) == len(mistral_keys) + s
     assert report.written_by_member == {"gpt-large": 6, "gpt-mini": 3, "mistral-small": 0}
 
-    loopback_mistral_server.clear_faults()
-    openai_before = len(loopback_openai_server.requests)
-    mistral_before = len(loopback_mistral_server.requests)
+    mistral.clear_faults()
+    openai_before = len(openai.requests)
+    mistral_before = len(mistral.requests)
     again = generate_samples(prompts, pool, open_store(path), s, progress=False)
     assert again.complete and again.written == len(report.missing) and again.failed == {}
-    assert len(loopback_openai_server.requests) - openai_before == 1  # the one failed native request
-    assert len(loopback_mistral_server.requests) - mistral_before == len(prompts) * s
+    assert len(openai.requests) - openai_before == 1  # the one failed native request
+    assert len(mistral.requests) - mistral_before == len(prompts) * s
     assert_exactly_once(path, all_keys(prompts, pool.names, s))
 
 

@@ -1,0 +1,108 @@
+"""Proxy reward model training (paper section 4.1).
+
+Pairs: for every (prompt, member) with at least two distinct ground-truth scores, sort
+its samples by ground truth and take the worst, the median and the best; train on
+(median > worst) and (best > median), skipping pairs whose scores are equal. Pairs are
+built within one member because best-of-n picks among one member's samples, so that
+is the ranking the reward model must get right. Loss: -log sigmoid(r(s) - r(s')).
+Checkpoint: the epoch with the best validation pairwise accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from bestroute_lc.conversation import render_conversation
+from bestroute_lc.encoding import encode_pairs
+from bestroute_lc.reward import RewardPredictor, pairwise_ranking_loss
+from training.dataset import PromptData
+from training.loop import FitConfig, FitResult, fit
+
+
+@dataclass(frozen=True)
+class RankingPair:
+    prompt: str
+    better: str
+    worse: str
+
+
+def ranking_pairs(data: dict[str, PromptData], prompt_ids: Iterable[str]) -> list[RankingPair]:
+    pairs: list[RankingPair] = []
+    for prompt_id in prompt_ids:
+        entry = data[prompt_id]
+        prompt = render_conversation(entry.prompt.chat_messages()).text
+        for samples in entry.members.values():
+            if len(samples.texts) < 2:
+                continue
+            order = np.argsort(np.asarray(samples.gt_scores), kind="stable")
+            worst, median, best = order[0], order[len(order) // 2], order[-1]
+            for high, low in ((median, worst), (best, median)):
+                if samples.gt_scores[high] > samples.gt_scores[low]:
+                    pairs.append(RankingPair(prompt, samples.texts[high], samples.texts[low]))
+    return pairs
+
+
+def train_reward_model(
+    predictor: RewardPredictor,
+    data: dict[str, PromptData],
+    train_ids: list[str],
+    validation_ids: list[str],
+    config: FitConfig,
+    *,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``predictor.module`` in place on ranking pairs; returns the fit history."""
+    train_pairs = ranking_pairs(data, train_ids)
+    validation_pairs = ranking_pairs(data, validation_ids) or train_pairs
+    if not train_pairs:
+        raise ValueError("no training pairs: every (prompt, member) has equal ground-truth scores or one sample")
+    tokenizer, max_length = predictor.tokenizer, predictor.config.max_length
+
+    def collate(pairs: list[RankingPair]) -> dict[str, Any]:
+        prompts = [p.prompt for p in pairs]
+        return {
+            "better": encode_pairs(tokenizer, prompts, [p.better for p in pairs], max_length),
+            "worse": encode_pairs(tokenizer, prompts, [p.worse for p in pairs], max_length),
+        }
+
+    def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        device = next(model.parameters()).device
+        better = model(**{k: v.to(device) for k, v in batch["better"].items()})
+        worse = model(**{k: v.to(device) for k, v in batch["worse"].items()})
+        return pairwise_ranking_loss(better, worse)
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        correct, losses = 0, []
+        for start in range(0, len(validation_pairs), config.batch_size):
+            chunk = validation_pairs[start : start + config.batch_size]
+            batch = collate(chunk)
+            device = next(model.parameters()).device
+            better = model(**{k: v.to(device) for k, v in batch["better"].items()})
+            worse = model(**{k: v.to(device) for k, v in batch["worse"].items()})
+            correct += int((better > worse).sum())
+            losses.append(float(pairwise_ranking_loss(better, worse)) * len(chunk))
+        return {"val_pair_accuracy": correct / len(validation_pairs), "val_loss": sum(losses) / len(validation_pairs)}
+
+    result = fit(
+        predictor.module, train_pairs, collate, loss_fn, evaluate, "val_pair_accuracy", config,
+        description="reward model", progress=progress,
+    )
+    predictor.module.to(predictor.device).eval()
+    predictor.config.training.update(
+        {
+            "objective": "pairwise ranking (worst<median<best per prompt and member)",
+            "train_pairs": len(train_pairs),
+            "validation_pairs": len(validation_pairs),
+            "best_epoch": result.best_epoch,
+            "val_pair_accuracy": result.best_metric,
+            "history": result.history,
+            "fit": config.model_dump(),
+        }
+    )
+    return result
+
