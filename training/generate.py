@@ -4,7 +4,7 @@
 
 For every prompt and every member (the reference included) ``samples_per_member``
 answers are drawn (the paper uses 20) through the same LangChain objects, timeouts,
-retries and detached callbacks the runtime uses (``BestRouteEngine.asample``).
+retries and detached callbacks the runtime uses (``bestroute_lc.sampling.draw_samples``).
 
 Resumable: keys already in the store are skipped and only the missing sample indices
 are requested; every sample is appended as soon as its request returns, so a killed run
@@ -41,8 +41,8 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage
 
 from bestroute_lc.conversation import render_candidate
-from bestroute_lc.engine import Attempt, BestRouteEngine
 from bestroute_lc.pool import NBilling, Pool, PoolMember
+from bestroute_lc.sampling import Attempt, draw_samples
 from training.records import (
     PromptRecord,
     RecordError,
@@ -113,24 +113,11 @@ class GenerationReport:
 
 
 # -- sampling -----------------------------------------------------------------------------
-def _sampler(pool: Pool) -> BestRouteEngine:
-    """TEMPORARY adapter: ``BestRouteEngine.asample`` without a router or reranker.
-
-    ``asample`` (and the ``member_kwargs`` / ``_one_request`` it calls) reads no engine
-    state, so an instance built with ``__new__`` and only ``pool`` set is enough. To be
-    replaced by a module-level ``asample(member, n, messages, stop, call_kwargs)`` in
-    ``bestroute_lc`` once sampling is factored out of the engine.
-    """
-    engine = BestRouteEngine.__new__(BestRouteEngine)
-    engine.pool = pool
-    return engine
-
-
 _COUNT_PREFIX = re.compile(r"^\d+ of \d+ sample\(s\) failed: ")
 
 
 def _error_of(attempt: Attempt, requested: int) -> str:
-    """The error text of a short attempt, without ``asample``'s ``k of n`` prefix."""
+    """The error text of a short attempt, without ``draw_samples``' ``k of n`` prefix."""
     if attempt.error:
         return _COUNT_PREFIX.sub("", attempt.error)
     return f"provider returned {attempt.received} of {requested} sample(s)"
@@ -253,7 +240,6 @@ async def agenerate_samples(
 
     start = time.perf_counter()
     report = GenerationReport()
-    sampler = _sampler(pool)
     kwargs = dict(call_kwargs or {})
 
     # What is missing, per member and prompt.
@@ -276,7 +262,7 @@ async def agenerate_samples(
         messages = messages_cache.get(job.prompt.id)
         if messages is None:
             messages = messages_cache[job.prompt.id] = job.prompt.chat_messages()
-        samples, attempt = await sampler.asample(member, len(job.indices), messages, None, kwargs)
+        samples, attempt = await draw_samples(member, len(job.indices), messages, None, kwargs)
         report.cost_usd += attempt.cost_usd
         records = _records(job.prompt.id, member, job.indices, samples, attempt)
         added = store.append(records) if records else 0

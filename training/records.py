@@ -107,6 +107,12 @@ class RecordError(ValueError):
 
 
 def read_records(path: str | Path, record_type: type[Record]) -> Iterator[Record]:
+    for _, record in read_numbered_records(path, record_type):
+        yield record
+
+
+def read_numbered_records(path: str | Path, record_type: type[Record]) -> Iterator[tuple[int, Record]]:
+    """(1-based line number, record) for every non-blank line."""
     path = Path(path)
     with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
@@ -117,7 +123,7 @@ def read_records(path: str | Path, record_type: type[Record]) -> Iterator[Record
             except json.JSONDecodeError as exc:
                 raise RecordError(f"{path}:{line_number}: not valid JSON ({exc.msg})") from exc
             try:
-                yield record_type.model_validate(raw)
+                yield line_number, record_type.model_validate(raw)
             except ValidationError as exc:
                 problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors())
                 raise RecordError(f"{path}:{line_number}: invalid {record_type.__name__}: {problems}") from exc

@@ -324,7 +324,7 @@ class ExactMatchScorer(GroundTruthScorer):
 
 
 _SIGNED_NUMBER = (
-    r"(?<![\w./])(?P<sign>[-−–])?\$?\s?"  # sign only when not glued to a word (5-3 is 3)
+    r"(?<![\w./])(?P<sign>[-−–])?(?:\$\s?)?"  # sign only when not glued to a word (5-3 is 3)
     r"(?P<num>(?:\d{1,3}(?:,\d{3})+(?![\d,]\d)|\d+)(?:\.\d+)?|\.\d+)"
     r"(?:\s*/\s*(?P<den>\d+(?:\.\d+)?)(?![\d.]*\d|\s*/))?"
 )

