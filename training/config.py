@@ -72,6 +72,19 @@ class MemberSpec(BaseModel):
             raise ValueError(f"member {self.name!r}: set the {env} environment variable (or api_key_env)")
         return key
 
+    def resolved_prices(self) -> Prices:
+        """The member's prices without building its client (for artifacts from your own samples)."""
+        from bestroute_lc.pricing import PRESETS, lookup_prices
+
+        if isinstance(self.prices, Prices):
+            return self.prices
+        if isinstance(self.prices, str):
+            preset = PRESETS.get(self.prices)
+            if preset is None or self.name.lower() not in preset:
+                raise ValueError(f"member {self.name!r}: no price for it in preset {self.prices!r}")
+            return preset[self.name.lower()]
+        return lookup_prices(self.model or self.name)
+
     def build(self) -> PoolMember:
         common: dict[str, Any] = {}
         if self.temperature is not None:

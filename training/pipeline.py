@@ -60,6 +60,19 @@ def _refuse_overwrite(path: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{path} exists; delete it or pass --overwrite to rebuild it")
 
 
+def _recorded_fingerprint(path: Path) -> str | None:
+    """The input fingerprint a derived output was built from, if it records one."""
+    meta = path / "config.json" if path.is_dir() else path.with_suffix(".meta.json")
+    if not meta.is_file():
+        return None
+    raw = json.loads(meta.read_text())
+    return (raw.get("training") or raw).get("data_fingerprint")
+
+
+def up_to_date(path: Path, fingerprint: str) -> bool:
+    return path.exists() and _recorded_fingerprint(path) == fingerprint
+
+
 # -- generate / score -----------------------------------------------------------------------
 def stage_generate(config: TrainConfig, pool: Pool | None = None, progress: bool = True) -> GenerationReport:
     prompts = load_prompts(config.prompts)
@@ -151,13 +164,25 @@ def _fingerprint(*paths: Path) -> str:
 
 
 # -- reward model -------------------------------------------------------------------------------
+def reward_inputs(config: TrainConfig) -> str:
+    return _fingerprint(config.samples_path, config.scores_path)
+
+
+def labels_inputs(config: TrainConfig) -> str:
+    return _fingerprint(config.samples_path, config.scores_path, config.reward_dir / "model.safetensors")
+
+
+def router_inputs(config: TrainConfig) -> str:
+    return _fingerprint(config.samples_path, config.scores_path, config.labels_path)
+
+
 def stage_reward(config: TrainConfig, progress: bool = True, overwrite: bool = False) -> Path:
     _refuse_overwrite(config.reward_dir, overwrite)
     _, data, split = load_data(config)
     predictor = RewardPredictor.from_backbone(config.backbone or default_backbone(), max_length=config.max_length)
     train_reward_model(predictor, data, split.train, split.validation, config.reward, progress=progress)
     predictor.config.training.update(
-        {"split": split.summary(), "data_fingerprint": _fingerprint(config.samples_path, config.scores_path), "scorer": config.scorer}
+        {"split": split.summary(), "data_fingerprint": reward_inputs(config), "scorer": config.scorer}
     )
     return predictor.save_pretrained(config.reward_dir)
 
@@ -204,6 +229,8 @@ def stage_labels(config: TrainConfig, progress: bool = True, overwrite: bool = F
         for prompt_id, matrix in labels.items():
             row = {"prompt_id": prompt_id, "split": split.of(prompt_id), "labels": dict(zip(routed, matrix.tolist()))}
             handle.write(json.dumps(row) + "\n")
+    meta = {"data_fingerprint": labels_inputs(config), "max_n": config.max_n, "tolerance": config.label_tolerance}
+    config.labels_path.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2))
     return config.labels_path
 
 
@@ -220,7 +247,7 @@ def read_labels(config: TrainConfig) -> dict[str, np.ndarray]:
 
 
 # -- router -------------------------------------------------------------------------------------------
-def stage_router(config: TrainConfig, pool: Pool | None = None, progress: bool = True, overwrite: bool = False) -> Path:
+def stage_router(config: TrainConfig, progress: bool = True, overwrite: bool = False) -> Path:
     _refuse_overwrite(config.router_dir, overwrite)
     _, data, split = load_data(config)
     labels = read_labels(config)
@@ -235,13 +262,12 @@ def stage_router(config: TrainConfig, pool: Pool | None = None, progress: bool =
     train = router_examples(data, labels, split.train)
     validation = router_examples(data, labels, split.validation)
     train_router(predictor, train, validation, config.router, metric=config.router_metric, progress=progress)
-    pool = pool or config.pool.build()
     predictor.config.avg_output_tokens = average_output_tokens(data, split.train)
-    predictor.config.prices = {m.name: m.prices for m in pool}
+    predictor.config.prices = {m.name: m.resolved_prices() for m in config.pool.members}
     predictor.config.training.update(
         {
             "split": split.summary(),
-            "data_fingerprint": _fingerprint(config.samples_path, config.scores_path, config.labels_path),
+            "data_fingerprint": router_inputs(config),
             "samples_per_member": config.samples_per_member,
             "label_tolerance": config.label_tolerance,
             "labels": "exact, n of m without replacement (training/labels.py)",
@@ -252,13 +278,26 @@ def stage_router(config: TrainConfig, pool: Pool | None = None, progress: bool =
 
 
 def run_all(config: TrainConfig, pool: Pool | None = None, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
-    """generate -> score -> reward -> labels -> router; returns what each stage produced."""
-    pool = pool or config.pool.build()
-    report = stage_generate(config, pool, progress)
+    """generate -> score -> reward -> labels -> router, resumable.
+
+    generate and score resume by key. A derived output that exists is kept when it was
+    built from the current inputs (its recorded fingerprint matches) and rebuilt with
+    ``overwrite``; one built from other inputs is an error, so stale artifacts never
+    pass silently.
+    """
+    report = stage_generate(config, pool or config.pool.build(), progress)
     if report.missing:
-        raise RuntimeError(f"generation left {len(report.missing)} sample(s) missing (failures: {report.failed}); rerun to retry")
+        raise RuntimeError(f"generation left {len(report.missing)} sample(s) missing; rerun to retry:\n{report.summary()}")
     scored = stage_score(config, progress)
-    reward_dir = stage_reward(config, progress, overwrite)
-    labels_path = stage_labels(config, progress, overwrite)
-    router_dir = stage_router(config, pool, progress, overwrite)
-    return {"generation": report, "scored": scored, "reward": reward_dir, "labels": labels_path, "router": router_dir}
+    outputs: dict[str, Any] = {"generation": report, "scored": scored}
+    for name, path, inputs, stage in (
+        ("reward", config.reward_dir, reward_inputs, stage_reward),
+        ("labels", config.labels_path, labels_inputs, stage_labels),
+        ("router", config.router_dir, router_inputs, stage_router),
+    ):
+        if not overwrite and up_to_date(path, inputs(config)):
+            logger.info("%s: %s is up to date, kept", name, path)
+        else:
+            stage(config, progress=progress, overwrite=overwrite)
+        outputs[name] = path
+    return outputs

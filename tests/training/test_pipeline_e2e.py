@@ -99,16 +99,20 @@ def test_all_stages_produce_artifacts_the_chat_model_uses(tmp_path: Path, toy_se
     assert len(samples) == 16 * 3 * 4
     labels = [json.loads(line) for line in config.labels_path.read_text().splitlines()]
     assert len(labels) == 16 and all(len(row["labels"]["toy-cheap"]) == 3 for row in labels)
-    # with any proxy, more samples of a member cannot lower the oracle... but labels are probabilities
     assert all(0.0 <= p <= 1.0 for row in labels for ps in row["labels"].values() for p in ps)
 
     # Resume: generate again finds everything present and asks the server for nothing.
     requests_before = toy_server.request_count()
     assert cli.main(["generate", "--config", str(config_path), "--no-progress"]) == 0
     assert toy_server.request_count() == requests_before
-    # Derived outputs are never overwritten silently.
+    # Derived outputs are never overwritten silently...
     assert cli.main(["router", "--config", str(config_path), "--no-progress"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+    # ...and a rerun of `all` keeps what is up to date (resumes) without new requests.
+    router_weights = (config.router_dir / "model.safetensors").read_bytes()
+    assert cli.main(["all", "--config", str(config_path), "--no-progress"]) == 0
+    assert toy_server.request_count() == requests_before
+    assert (config.router_dir / "model.safetensors").read_bytes() == router_weights
 
     llm = BestRouteChatModel.from_pretrained(config.router_dir, config.reward_dir, pool=config.pool.build(), threshold=0.5)
     assert llm.pool["toy-cheap"].avg_output_tokens == pytest.approx(llm.router.config.avg_output_tokens["toy-cheap"])
@@ -130,3 +134,41 @@ def test_bad_rows_are_reported_with_line_numbers(tmp_path: Path, toy_server: Loo
     prompts.write_text('{"id": "x"}\n')
     assert cli.main(["generate", "--config", str(config_path), "--no-progress"]) == 2
     assert "prompts.jsonl:1" in capsys.readouterr().err
+
+
+def test_bring_your_own_samples_and_scores(tmp_path: Path) -> None:
+    """Users with their own traffic write samples.jsonl and scores.jsonl and skip generate/score;
+    no pool member is ever called (the servers named in the config do not exist)."""
+    config_path = write_run(tmp_path, "http://127.0.0.1:9/v1")
+    config = load_config(config_path)
+    config.work_dir.mkdir(parents=True)
+    with config.samples_path.open("w") as samples, config.scores_path.open("w") as scores:
+        for i in range(16):
+            for member in SKILL:
+                for k in range(4):
+                    correct = (i + k) % (2 if member == "toy-cheap" else 4) != 0
+                    key = {"prompt_id": f"q{i}", "member": member, "sample_index": k}
+                    samples.write(json.dumps({**key, "text": f"The answer is {i if correct else -1}.", "output_tokens": 6}) + "\n")
+                    scores.write(json.dumps({**key, "score": float(correct)}) + "\n")
+    for stage in ("reward", "labels", "router"):
+        assert cli.main([stage, "--config", str(config_path), "--no-progress"]) == 0
+    router_config = json.loads((config.router_dir / "config.json").read_text())
+    assert router_config["members"] == ["toy-mid", "toy-cheap"]
+    assert router_config["avg_output_tokens"]["toy-cheap"] == pytest.approx(6.0)
+    assert router_config["prices"]["toy-cheap"]["input_per_mtok"] == pytest.approx(0.1)
+
+
+def test_unknown_member_and_nan_scores_are_reported_by_line(tmp_path: Path, capsys) -> None:
+    config_path = write_run(tmp_path, "http://127.0.0.1:9/v1")
+    config = load_config(config_path)
+    config.work_dir.mkdir(parents=True)
+    config.samples_path.write_text(json.dumps({"prompt_id": "q0", "member": "nobody", "sample_index": 0, "text": "x"}) + "\n")
+    config.scores_path.write_text("")
+    assert cli.main(["reward", "--config", str(config_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "samples.jsonl:1" in err and "nobody" in err
+    config.samples_path.write_text(json.dumps({"prompt_id": "q0", "member": "toy-ref", "sample_index": 0, "text": "x"}) + "\n")
+    config.scores_path.write_text(json.dumps({"prompt_id": "q0", "member": "toy-ref", "sample_index": 0, "score": "NaN"}) + "\n")
+    assert cli.main(["reward", "--config", str(config_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "scores.jsonl:1" in err and "finite" in err
