@@ -329,7 +329,7 @@ _SIGNED_NUMBER = (
     r"(?:\s*/\s*(?P<den>\d+(?:\.\d+)?)(?![\d.]*\d|\s*/))?"
 )
 _NUMBER_RE = re.compile(_SIGNED_NUMBER)
-_ANSWER_PHRASE_RE = re.compile(r"(?:final\s+answer|answer)\s*(?:is|:|=|would\s+be|will\s+be)?\s*:?", re.IGNORECASE)
+_ANSWER_PHRASE_RE = re.compile(r"\banswer\s*(?:is|:|=|would\s+be|will\s+be)\s*:?", re.IGNORECASE)
 _LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]+?)\s*\}\s*\{\s*([^{}]+?)\s*\}")
 
 
