@@ -16,7 +16,7 @@ import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
@@ -41,7 +41,10 @@ class Attempt:
     member: str
     n: int
     received: int = 0
+    #: A one-line summary for people ("2 of 3 sample(s) failed: ...").
     error: str | None = None
+    #: The distinct causes of failed samples, for code that counts them.
+    causes: list[str] = field(default_factory=list)
     usage: UsageMetadata | None = None
     input_cost_usd: float = 0.0
     output_cost_usd: float = 0.0
@@ -173,7 +176,8 @@ async def draw_samples(
     attempt.received = len(samples)
     attempt.bill(sum_usage(usages), member.prices)
     if errors:
-        attempt.error = f"{len(errors)} of {n} sample(s) failed: " + "; ".join(sorted(set(errors)))
+        attempt.causes = sorted(set(errors))
+        attempt.error = f"{len(errors)} of {n} sample(s) failed: " + "; ".join(attempt.causes)
     return samples, attempt
 
 

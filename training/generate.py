@@ -29,7 +29,6 @@ included); the records' ``cost_usd`` sum to at most that.
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 import time
 from collections import Counter, defaultdict
@@ -113,13 +112,10 @@ class GenerationReport:
 
 
 # -- sampling -----------------------------------------------------------------------------
-_COUNT_PREFIX = re.compile(r"^\d+ of \d+ sample\(s\) failed: ")
-
-
 def _error_of(attempt: Attempt, requested: int) -> str:
-    """The error text of a short attempt, without ``draw_samples``' ``k of n`` prefix."""
-    if attempt.error:
-        return _COUNT_PREFIX.sub("", attempt.error)
+    """Why an attempt came back short."""
+    if attempt.causes:
+        return "; ".join(attempt.causes)
     return f"provider returned {attempt.received} of {requested} sample(s)"
 
 
