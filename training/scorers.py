@@ -52,6 +52,7 @@ from training.records import PromptRecord
 
 __all__ = [
     "DEFAULT_JUDGE_RUBRIC",
+    "SCORER_KINDS",
     "BleuScorer",
     "CodeTestScorer",
     "ExactMatchScorer",
@@ -61,7 +62,6 @@ __all__ = [
     "NumericAnswerScorer",
     "RewardModelScorer",
     "RougeScorer",
-    "SCORER_KINDS",
     "build_scorer",
     "extract_numeric_answer",
     "normalize_answer",
@@ -630,6 +630,17 @@ def parse_judge_rating(verdict: str, scale: tuple[float, float] = (1, 10)) -> fl
     return None
 
 
+def _reply_text(reply: Any) -> str:
+    """The text of a chat model's reply (string content or a list of content blocks)."""
+    content = getattr(reply, "content", reply)
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [b if isinstance(b, str) else b.get("text", "") for b in content if isinstance(b, (str, dict))]
+        return "".join(p for p in parts if isinstance(p, str))
+    return str(content)
+
+
 class LLMJudgeScorer(GroundTruthScorer):
     """Asks a LangChain chat model to rate each response; the rating normalised to [0, 1].
 
@@ -677,11 +688,10 @@ class LLMJudgeScorer(GroundTruthScorer):
         low, high = self.scale
         scores = []
         for index, reply in enumerate(replies):
-            verdict = reply.text if hasattr(reply, "text") else str(reply)
-            verdict = verdict() if callable(verdict) else verdict
-            rating = parse_judge_rating(str(verdict), self.scale)
+            verdict = _reply_text(reply)
+            rating = parse_judge_rating(verdict, self.scale)
             if rating is None:
-                excerpt = str(verdict).strip().replace("\n", " ")[-200:]
+                excerpt = verdict.strip().replace("\n", " ")[-200:]
                 raise JudgeParseError(
                     f"llm_judge: no rating from {_fmt(low)} to {_fmt(high)} in the verdict on response {index} "
                     f"of prompt {prompt.id!r}: {excerpt!r}"
