@@ -40,6 +40,19 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def is_main_process() -> bool:
+    """True in a plain run and in the first process of an ``accelerate launch``: only it writes files."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def wait_for_everyone() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -59,12 +72,14 @@ def fit(
     progress: bool = True,
 ) -> FitResult:
     """Train ``module`` in place; on return it holds the weights of the best epoch."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
     if not items:
         raise ValueError(f"{description}: no training examples")
     seed_everything(config.seed)
-    accelerator = Accelerator()
+    # Encoders loaded with AutoModel carry a pooler our heads do not use (they pool the
+    # hidden states themselves); DDP must be told those parameters get no gradient.
+    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     head_params = [p for n, p in module.named_parameters() if not n.startswith("encoder.")]
     encoder_params = [p for n, p in module.named_parameters() if n.startswith("encoder.")]
     optimizer = torch.optim.AdamW(
@@ -79,6 +94,8 @@ def fit(
         list(items), batch_size=config.batch_size, shuffle=True, collate_fn=collate, generator=generator
     )
     model, optimizer, loader = accelerator.prepare(module, optimizer, loader)
+    if accelerator.is_main_process and progress:
+        tqdm.write(f"{description}: {len(items)} examples, {accelerator.num_processes} process(es), device {accelerator.device}")
     best_metric, best_epoch, best_state = -float("inf"), -1, None
     history: list[dict[str, float]] = []
     stale = 0

@@ -30,6 +30,7 @@ from training.config import TrainConfig
 from training.dataset import PromptData, average_output_tokens, join
 from training.generate import GenerationReport, generate_samples, load_prompts
 from training.labels import match_labels
+from training.loop import is_main_process, wait_for_everyone
 from training.records import (
     PromptRecord,
     RecordError,
@@ -136,9 +137,10 @@ def load_split(config: TrainConfig, prompts: list[PromptRecord]) -> Split:
         if missing:
             raise ValueError(f"{config.split_path} does not cover prompt(s) {sorted(missing)[:5]}...; delete it to re-split")
         return split
-    split = stratified_split(prompts, config.split)
-    config.work_dir.mkdir(parents=True, exist_ok=True)
-    config.split_path.write_text(split.model_dump_json(indent=2))
+    split = stratified_split(prompts, config.split)  # deterministic: every process gets the same
+    if is_main_process():
+        config.work_dir.mkdir(parents=True, exist_ok=True)
+        config.split_path.write_text(split.model_dump_json(indent=2))
     return split
 
 
@@ -149,9 +151,10 @@ def load_data(config: TrainConfig) -> tuple[list[PromptRecord], dict[str, Prompt
         raise ValueError(f"{config.scores_path} does not exist: run the score stage first")
     scores = [record for _, record in read_numbered_records(config.scores_path, ScoreRecord)]
     data = join(prompts, samples, scores)
-    empty = [(i + 1, p.id) for i, p in enumerate(prompts) if not data[p.id].members]
+    empty = {p.id for p in prompts if not data[p.id].members}
     if empty:
-        listed = ", ".join(f"{pid!r} (prompt #{row})" for row, pid in empty[:10])
+        lines = {record.id: line for line, record in read_numbered_records(config.prompts, PromptRecord)}
+        listed = ", ".join(f"{config.prompts.name}:{lines[pid]} ({pid!r})" for pid in sorted(empty, key=lines.get)[:10])
         raise ValueError(f"{len(empty)} prompt(s) have no scored samples: {listed}; run generate and score again")
     return prompts, data, load_split(config, prompts)
 
@@ -184,7 +187,10 @@ def stage_reward(config: TrainConfig, progress: bool = True, overwrite: bool = F
     predictor.config.training.update(
         {"split": split.summary(), "data_fingerprint": reward_inputs(config), "scorer": config.scorer}
     )
-    return predictor.save_pretrained(config.reward_dir)
+    if is_main_process():
+        predictor.save_pretrained(config.reward_dir)
+    wait_for_everyone()
+    return config.reward_dir
 
 
 # -- labels ----------------------------------------------------------------------------------------
@@ -224,6 +230,9 @@ def stage_labels(config: TrainConfig, progress: bool = True, overwrite: bool = F
     _, data, split = load_data(config)
     reward = RewardPredictor.from_pretrained(config.reward_dir)
     labels = compute_labels(config, data, reward, progress)
+    if not is_main_process():
+        wait_for_everyone()
+        return config.labels_path
     routed = [m.name for m in config.pool.members if m.name != config.pool.reference]
     with config.labels_path.open("w") as handle:
         for prompt_id, matrix in labels.items():
@@ -231,6 +240,7 @@ def stage_labels(config: TrainConfig, progress: bool = True, overwrite: bool = F
             handle.write(json.dumps(row) + "\n")
     meta = {"data_fingerprint": labels_inputs(config), "max_n": config.max_n, "tolerance": config.label_tolerance}
     config.labels_path.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2))
+    wait_for_everyone()
     return config.labels_path
 
 
@@ -274,7 +284,10 @@ def stage_router(config: TrainConfig, progress: bool = True, overwrite: bool = F
             "scorer": config.scorer,
         }
     )
-    return predictor.save_pretrained(config.router_dir)
+    if is_main_process():
+        predictor.save_pretrained(config.router_dir)
+    wait_for_everyone()
+    return config.router_dir
 
 
 def run_all(config: TrainConfig, pool: Pool | None = None, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -136,11 +139,8 @@ def test_bad_rows_are_reported_with_line_numbers(tmp_path: Path, toy_server: Loo
     assert "prompts.jsonl:1" in capsys.readouterr().err
 
 
-def test_bring_your_own_samples_and_scores(tmp_path: Path) -> None:
-    """Users with their own traffic write samples.jsonl and scores.jsonl and skip generate/score;
-    no pool member is ever called (the servers named in the config do not exist)."""
-    config_path = write_run(tmp_path, "http://127.0.0.1:9/v1")
-    config = load_config(config_path)
+def write_own_samples(config) -> None:
+    """samples.jsonl and scores.jsonl as a user with their own traffic would write them."""
     config.work_dir.mkdir(parents=True)
     with config.samples_path.open("w") as samples, config.scores_path.open("w") as scores:
         for i in range(16):
@@ -150,12 +150,39 @@ def test_bring_your_own_samples_and_scores(tmp_path: Path) -> None:
                     key = {"prompt_id": f"q{i}", "member": member, "sample_index": k}
                     samples.write(json.dumps({**key, "text": f"The answer is {i if correct else -1}.", "output_tokens": 6}) + "\n")
                     scores.write(json.dumps({**key, "score": float(correct)}) + "\n")
+
+
+def test_bring_your_own_samples_and_scores(tmp_path: Path) -> None:
+    """Users with their own traffic skip generate/score; no pool member is ever called
+    (the servers named in the config do not exist)."""
+    config_path = write_run(tmp_path, "http://127.0.0.1:9/v1")
+    config = load_config(config_path)
+    write_own_samples(config)
     for stage in ("reward", "labels", "router"):
         assert cli.main([stage, "--config", str(config_path), "--no-progress"]) == 0
     router_config = json.loads((config.router_dir / "config.json").read_text())
     assert router_config["members"] == ["toy-mid", "toy-cheap"]
     assert router_config["avg_output_tokens"]["toy-cheap"] == pytest.approx(6.0)
     assert router_config["prices"]["toy-cheap"]["input_per_mtok"] == pytest.approx(0.1)
+
+
+def test_training_scales_out_to_two_processes(tmp_path: Path) -> None:
+    """The same CLI under a 2-process launcher (DDP on CPU with gloo) trains and writes
+    each artifact once, from the main process."""
+    config_path = write_run(tmp_path, "http://127.0.0.1:9/v1")
+    config = load_config(config_path)
+    write_own_samples(config)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    for stage in ("reward", "labels", "router"):
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "training.cli", stage,
+             "--config", str(config_path)],
+            env=env, capture_output=True, text=True, timeout=240, cwd=Path(__file__).resolve().parents[2],
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es)" in done.stdout + done.stderr
+    router_config = json.loads((config.router_dir / "config.json").read_text())
+    assert router_config["training"]["best_epoch"] >= 1
 
 
 def test_unknown_member_and_nan_scores_are_reported_by_line(tmp_path: Path, capsys) -> None:
@@ -172,3 +199,13 @@ def test_unknown_member_and_nan_scores_are_reported_by_line(tmp_path: Path, caps
     assert cli.main(["reward", "--config", str(config_path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "scores.jsonl:1" in err and "finite" in err
+
+
+def test_prompts_without_samples_are_reported_by_line(tmp_path: Path, capsys) -> None:
+    config_path = write_run(tmp_path, "http://127.0.0.1:9/v1")
+    config = load_config(config_path)
+    write_own_samples(config)
+    kept = [line for line in config.samples_path.read_text().splitlines() if '"q3"' not in line]
+    config.samples_path.write_text("\n".join(kept) + "\n")
+    assert cli.main(["reward", "--config", str(config_path), "--no-progress"]) == 2
+    assert "prompts.jsonl:4 ('q3')" in capsys.readouterr().err
