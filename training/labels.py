@@ -67,6 +67,32 @@ def match_label(
     return float(match_labels(proxy_scores, gt_scores, reference_gt, [n], tolerance)[0])
 
 
+def best_of_n_expectation(proxy_scores: Sequence[float], values: Sequence[float], ns: Sequence[int]) -> np.ndarray:
+    """E[value of the best-of-n pick by proxy score] for every n in ``ns``, exactly, over
+    uniformly random n-subsets of the samples (without replacement; ties as documented).
+
+    With ``values`` = match rates this is the label y[k, n]; with ``values`` = ground-truth
+    scores it is the expected quality of best-of-n (used by the evaluation); with
+    ``proxy_scores`` = the ground truth itself it is the oracle picker.
+    """
+    m = len(proxy_scores)
+    proxy = np.asarray(proxy_scores, dtype=float)
+    values = np.asarray(values, dtype=float)
+    groups = [values[proxy == value] for value in sorted(set(proxy.tolist()), reverse=True)]
+    results = []
+    for n in ns:
+        if not 1 <= n <= m:
+            raise ValueError(f"n={n} needs 1 <= n <= m={m} samples (draws without replacement)")
+        total, better = 0.0, 0
+        for group in groups:
+            size = len(group)
+            p_group = (comb(m - better, n) - comb(m - better - size, n)) / comb(m, n)
+            total += p_group * float(group.mean())
+            better += size
+        results.append(total)
+    return np.asarray(results)
+
+
 def match_labels(
     proxy_scores: Sequence[float],
     gt_scores: Sequence[float],
@@ -74,23 +100,10 @@ def match_labels(
     ns: Sequence[int],
     tolerance: float = 0.0,
 ) -> np.ndarray:
-    """y[k, n] for every n in ``ns`` (one pass over the groups per n)."""
+    """y[k, n] for every n in ``ns``."""
     for n in ns:
         _check(proxy_scores, gt_scores, reference_gt, n)
-    m = len(proxy_scores)
-    rates = match_rates(gt_scores, reference_gt, tolerance)
-    proxy = np.asarray(proxy_scores, dtype=float)
-    groups = [rates[proxy == value] for value in sorted(set(proxy.tolist()), reverse=True)]
-    labels = []
-    for n in ns:
-        total, better = 0.0, 0
-        for group in groups:
-            size = len(group)
-            p_group = (comb(m - better, n) - comb(m - better - size, n)) / comb(m, n)
-            total += p_group * float(group.mean())
-            better += size
-        labels.append(total)
-    return np.asarray(labels)
+    return best_of_n_expectation(proxy_scores, match_rates(gt_scores, reference_gt, tolerance), ns)
 
 
 def brute_force_label(

@@ -1,0 +1,2 @@
+"""Offline evaluation: simulate routing exactly on recorded samples, compare with
+baselines at the same costs, report, and calibrate the threshold."""

@@ -1,0 +1,172 @@
+"""Recorded outcomes of a pool on a prompt set, and the exact cost and quality of every
+(member, n) choice, so routing policies can be evaluated without new generation.
+
+Quality of choosing (k, n) for prompt q: the expected ground-truth score of the best-of-n
+pick over uniformly random n-subsets of k's m recorded samples (without replacement,
+as for the labels), with a *picker*:
+
+* ``"proxy"``: the sample with the highest proxy reward-model score (what runs in production);
+* ``"oracle"``: the sample with the highest ground truth (a perfect picker: the upper bound);
+* ``"random"``: any sample (what best-of-n would give with no reranker).
+
+Cost of choosing (k, n): the prompt's input cost once (NATIVE n) or n times (PARALLEL)
+plus n x the mean output cost of k's recorded samples: the expected bill. The *estimated*
+cost the policy uses instead takes the member's average output tokens (training split).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from bestroute_lc.policy import MemberCosts
+from bestroute_lc.pricing import Prices
+from training.labels import best_of_n_expectation
+
+Picker = Literal["proxy", "oracle", "random"]
+
+
+@dataclass
+class MemberOutcomes:
+    """One member's m recorded samples for one prompt."""
+
+    gt: np.ndarray  # [m] ground-truth scores
+    output_tokens: np.ndarray  # [m]
+    input_tokens: float  # prompt tokens of one request
+    proxy: np.ndarray | None = None  # [m] proxy reward-model scores; None: unknown
+
+
+@dataclass
+class EvalPrompt:
+    id: str
+    text: str
+    source: str
+    members: dict[str, MemberOutcomes]
+
+
+@dataclass
+class EvalSet:
+    """A prompt set with every member's recorded samples; member order is ``members``."""
+
+    prompts: list[EvalPrompt]
+    members: list[str]
+    reference: str
+    prices: dict[str, Prices]
+    prompt_billed_per_sample: dict[str, bool]
+    max_n: int
+    name: str = "dataset"
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.reference not in self.members:
+            raise ValueError(f"reference {self.reference!r} not in members {self.members}")
+        for prompt in self.prompts:
+            missing = [m for m in self.members if m not in prompt.members]
+            if missing:
+                raise ValueError(f"prompt {prompt.id!r} has no samples of {missing}")
+
+    @property
+    def routed(self) -> list[str]:
+        return [m for m in self.members if m != self.reference]
+
+    def subset(self, prompt_ids: Sequence[str]) -> EvalSet:
+        keep = set(prompt_ids)
+        return EvalSet(
+            [p for p in self.prompts if p.id in keep], self.members, self.reference, self.prices,
+            self.prompt_billed_per_sample, self.max_n, self.name, dict(self.notes),
+        )
+
+    def ns(self, member: str) -> int:
+        """Largest n available for ``member`` on every prompt (n <= m)."""
+        return min(self.max_n, min(len(p.members[member].gt) for p in self.prompts))
+
+    # -- exact quality and cost of every choice ---------------------------------------------
+    def quality(self, picker: Picker = "proxy") -> np.ndarray:
+        """[Q, M, N] expected ground truth of best-of-n; NaN where n > m."""
+        out = np.full((len(self.prompts), len(self.members), self.max_n), np.nan)
+        for qi, prompt in enumerate(self.prompts):
+            for mi, member in enumerate(self.members):
+                outcome = prompt.members[member]
+                m = len(outcome.gt)
+                ns = list(range(1, min(m, self.max_n) + 1))
+                if picker == "oracle":
+                    ranking = outcome.gt
+                elif picker == "proxy":
+                    if outcome.proxy is None:
+                        raise ValueError(f"prompt {prompt.id!r}, {member}: no proxy scores (use picker='oracle' or 'random')")
+                    ranking = outcome.proxy
+                else:
+                    ranking = np.zeros(m)
+                out[qi, mi, : len(ns)] = best_of_n_expectation(ranking, outcome.gt, ns)
+        return out
+
+    def cost(self) -> np.ndarray:
+        """[Q, M, N] expected billed USD of drawing n samples."""
+        out = np.zeros((len(self.prompts), len(self.members), self.max_n))
+        n = np.arange(1, self.max_n + 1)
+        for qi, prompt in enumerate(self.prompts):
+            for mi, member in enumerate(self.members):
+                outcome, prices = prompt.members[member], self.prices[member]
+                billed_inputs = n if self.prompt_billed_per_sample[member] else np.ones_like(n)
+                out[qi, mi] = prices.input_cost(outcome.input_tokens) * billed_inputs + n * prices.output_cost(
+                    float(np.mean(outcome.output_tokens))
+                )
+        return out
+
+    def member_costs(self, avg_output_tokens: dict[str, float]) -> dict[str, MemberCosts]:
+        """What the policy knows: prices, billing and average output lengths (training split)."""
+        return {
+            m: MemberCosts(
+                input_per_mtok=self.prices[m].input_per_mtok,
+                output_per_mtok=self.prices[m].output_per_mtok,
+                avg_output_tokens=avg_output_tokens[m],
+                prompt_billed_per_sample=self.prompt_billed_per_sample[m],
+            )
+            for m in self.members
+        }
+
+    def average_output_tokens(self) -> dict[str, float]:
+        return {
+            m: float(np.mean(np.concatenate([p.members[m].output_tokens for p in self.prompts]))) for m in self.members
+        }
+
+
+@dataclass
+class Choices:
+    """One routing decision per prompt: member index (into ``EvalSet.members``) and n."""
+
+    member: np.ndarray  # [Q] int
+    n: np.ndarray  # [Q] int, >= 1
+
+    @classmethod
+    def constant(cls, count: int, member_index: int, n: int = 1) -> Choices:
+        return cls(np.full(count, member_index), np.full(count, n))
+
+
+@dataclass
+class OperatingPoint:
+    """Mean cost and quality of one set of choices, and how they are spread."""
+
+    cost: float
+    quality: float
+    #: Share of prompts per "member:n".
+    distribution: dict[str, float]
+    knob: float | None = None  # the threshold (or a baseline's own knob) that produced it
+
+
+def evaluate(eval_set: EvalSet, choices: Choices, quality: np.ndarray, cost: np.ndarray, knob: float | None = None) -> OperatingPoint:
+    rows = np.arange(len(eval_set.prompts))
+    q = quality[rows, choices.member, choices.n - 1]
+    if np.isnan(q).any():
+        raise ValueError("a choice asks for more samples than were recorded")
+    labels = [f"{eval_set.members[k]}:{n}" for k, n in zip(choices.member, choices.n)]
+    values, counts = np.unique(labels, return_counts=True)
+    return OperatingPoint(
+        cost=float(cost[rows, choices.member, choices.n - 1].mean()),
+        quality=float(q.mean()),
+        distribution={v: c / len(labels) for v, c in zip(values.tolist(), counts.tolist())},
+        knob=knob,
+    )
