@@ -109,6 +109,9 @@ class BestRouteChatModel(BaseChatModel):
     #: default: LangChain's ``add_usage`` (used by ``get_usage_metadata_callback`` and to
     #: merge stream chunks) accepts integers only. Never applied to streamed chunks.
     cost_in_usage_metadata: bool = False
+    #: Spend cap in USD for this model object: once the calls' billed cost reaches it,
+    #: every call goes to the cheapest member with n = 1 and the decision's reason is "budget".
+    spend_cap_usd: float | None = None
     temperature: float | None = None
     max_tokens: int | None = None
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
@@ -124,7 +127,7 @@ class BestRouteChatModel(BaseChatModel):
     def _build_engine(self) -> BestRouteChatModel:
         if self.model is not None:
             self.pool[self.model]  # unknown member -> ValueError naming the members
-        self._engine = BestRouteEngine(self.pool, self.router, self.reranker)
+        self._engine = BestRouteEngine(self.pool, self.router, self.reranker, self.spend_cap_usd)
         return self
 
     @classmethod
@@ -136,11 +139,35 @@ class BestRouteChatModel(BaseChatModel):
         pool: Pool,
         reranker: Reranker | None = None,
         device: str | None = None,
+        target_cost_reduction: float | None = None,
+        target_max_quality_drop: float | None = None,
+        target_reference_share: float | None = None,
+        target_budget_per_1000: float | None = None,
         **kwargs: Any,
     ) -> BestRouteChatModel:
         """Load trained artifacts. The pool must be the one the router was trained for;
-        members keep an explicitly set ``avg_output_tokens``, others take the router's."""
+        members keep an explicitly set ``avg_output_tokens``, others take the router's.
+
+        ``target_*``: use the threshold calibrated for that target (``bestroute-train
+        calibrate``), e.g. ``target_cost_reduction=0.4``, instead of ``threshold=``.
+        """
         router = RouterPredictor.from_pretrained(router_path, device=device)
+        targets = {
+            "cost_reduction": target_cost_reduction,
+            "max_quality_drop": target_max_quality_drop,
+            "reference_share": target_reference_share,
+            "budget_per_1000": target_budget_per_1000,
+        }
+        chosen = {k: v for k, v in targets.items() if v is not None}
+        if len(chosen) > 1 or (chosen and "threshold" in kwargs):
+            raise ValueError("give one of threshold= or a single target_*= argument")
+        if chosen:
+            ((kind, value),) = chosen.items()
+            key = f"{kind}={value:g}"
+            if key not in router.config.thresholds:
+                known = sorted(router.config.thresholds) or ["none: run bestroute-train calibrate"]
+                raise ValueError(f"{router_path} has no threshold calibrated for {key}; calibrated: {known}")
+            kwargs["threshold"] = router.config.thresholds[key]
         lengths = {
             m.name: router.config.avg_output_tokens[m.name]
             for m in pool

@@ -12,6 +12,7 @@ callbacks; usage is reported once, on the outer run).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,14 @@ from bestroute_lc.conversation import (
     render_conversation,
     validate_messages,
 )
-from bestroute_lc.policy import Decision, Option, choose, forced, validate_threshold
+from bestroute_lc.policy import (
+    Decision,
+    Option,
+    cheapest,
+    choose,
+    forced,
+    validate_threshold,
+)
 from bestroute_lc.pool import Pool, PoolMember, check_pool_matches
 from bestroute_lc.rerankers.base import Reranker, argmax_first
 from bestroute_lc.router import RouterPredictor
@@ -108,6 +116,7 @@ class RouteResult:
                 for a in self.attempts
             ],
             "latency_s": self.latency_s,
+            **({"spent_usd": self.extra["spent_usd"]} if "spent_usd" in self.extra else {}),
         }
 
 
@@ -147,16 +156,38 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+class SpendGuard:
+    """Counts what calls have cost; past ``cap_usd`` calls go to the cheapest option."""
+
+    def __init__(self, cap_usd: float | None) -> None:
+        if cap_usd is not None and cap_usd < 0:
+            raise ValueError(f"spend cap must be >= 0, got {cap_usd}")
+        self.cap_usd = cap_usd
+        self.spent_usd = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def exhausted(self) -> bool:
+        return self.cap_usd is not None and self.spent_usd >= self.cap_usd
+
+    def add(self, cost_usd: float) -> None:
+        with self._lock:
+            self.spent_usd += cost_usd
+
+
 class BestRouteEngine:
     """Routes, samples, reranks. Thread-safe; one instance serves many concurrent calls."""
 
-    def __init__(self, pool: Pool, router: RouterPredictor, reranker: Reranker | None) -> None:
+    def __init__(
+        self, pool: Pool, router: RouterPredictor, reranker: Reranker | None, spend_cap_usd: float | None = None
+    ) -> None:
         check_pool_matches(router.config.members, router.config.reference, pool, "the router")
         if reranker is None and router.config.max_n > 1:
             raise ValueError("a reranker is required when the router can choose n > 1 (max_n > 1)")
         self.pool = pool
         self.router = router
         self.reranker = reranker
+        self.spend = SpendGuard(spend_cap_usd)
 
     # -- decision ---------------------------------------------------------------------
     async def adecide(
@@ -171,6 +202,8 @@ class BestRouteEngine:
         if member is not None:
             self.pool[member]  # raises ValueError naming the members
             return forced(member, 1, costs, self.pool.reference, input_tokens, threshold), {}, 0.0
+        if self.spend.exhausted:
+            return cheapest(costs, input_tokens, threshold), {}, 0.0
         start = time.perf_counter()
         table = await self.router.apredict(conversation)
         table = {name: table[name] for name in self.pool.routed_names}
@@ -211,6 +244,7 @@ class BestRouteEngine:
                 yield option
 
     def _raise_all_failed(self, state: _CallState) -> NoReturn:
+        self.spend.add(sum(a.cost_usd for a in state.attempts))  # failed calls can still be billed
         detail = "; ".join(f"{a.member} (n={a.n}): {a.error or 'no usable sample'}" for a in state.attempts)
         raise BestRouteError(f"every pool option failed: {detail}")
 
@@ -228,6 +262,7 @@ class BestRouteEngine:
         usage = sum_usage([a.usage for a in state.attempts])
         message = chosen.model_copy(deep=True)
         message.usage_metadata = usage
+        self.spend.add(sum(a.cost_usd for a in state.attempts))
         result = RouteResult(
             message=message,
             decision=state.decision,
@@ -243,7 +278,7 @@ class BestRouteEngine:
             latency_s={"routing": state.routing_s, "generation": state.generation_s, "rerank": rerank_s},
             reranker=self.reranker.name if (self.reranker is not None and len(candidates) > 1) else None,
             rerank_error=rerank_error,
-            extra={"chosen_index": chosen_index},
+            extra={"chosen_index": chosen_index, **({"spent_usd": self.spend.spent_usd} if self.spend.cap_usd is not None else {})},
         )
         message.response_metadata = {
             **chosen.response_metadata,

@@ -141,3 +141,16 @@ def forced(
     if member != reference:
         chain += (Option(reference, 1, None, costs[reference].estimate(1, input_tokens)),)
     return Decision(member, n, validate_threshold(threshold), option.estimated_cost_usd, "forced", chain)
+
+
+def cheapest(costs: Mapping[str, MemberCosts], input_tokens: int, threshold: float) -> Decision:
+    """Every member with n = 1, cheapest first: what a call gets once a spend cap is reached.
+    The router is not consulted; ties go to the member listed first."""
+    options = sorted(
+        (Option(member, 1, None, c.estimate(1, input_tokens)) for member, c in costs.items()),
+        key=lambda o: o.estimated_cost_usd,
+    )
+    if not options:
+        raise ValueError("no members to choose from")
+    first = options[0]
+    return Decision(first.member, 1, validate_threshold(threshold), first.estimated_cost_usd, "budget", tuple(options))

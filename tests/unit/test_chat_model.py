@@ -277,3 +277,25 @@ def test_costs_in_usage_metadata_only_when_asked() -> None:
     assert usage["output_cost"] == pytest.approx(9 * 0.2 / 1e6)
     streamed = list(llm.stream("hi"))
     assert all("total_cost" not in (c.usage_metadata or {}) for c in streamed)
+
+
+def test_spend_cap_sends_calls_to_the_cheapest_option() -> None:
+    pool = scripted_pool()
+    llm = BestRouteChatModel(pool=pool, router=fixed_router(TABLE, "big"), reranker=LengthReranker(), threshold=0.99, spend_cap_usd=1e-6)
+    first = llm.invoke("hi")
+    assert meta(first)["member"] == "big"  # nothing passes 0.99: the reference
+    assert meta(first)["spent_usd"] >= 1e-6
+    second = llm.invoke("hi")
+    assert meta(second)["reason"] == "budget" and (meta(second)["member"], meta(second)["n"]) == ("small", 1)
+
+
+def test_from_pretrained_uses_a_calibrated_threshold(tmp_path) -> None:
+    router = fixed_router(TABLE, "big")
+    router.config.thresholds["cost_reduction=0.4"] = 0.87
+    router.save_pretrained(tmp_path / "router")
+    llm = BestRouteChatModel.from_pretrained(tmp_path / "router", pool=scripted_pool(), reranker=LengthReranker(), target_cost_reduction=0.4)
+    assert llm.threshold == pytest.approx(0.87)
+    with pytest.raises(ValueError, match="calibrated: \\['cost_reduction=0.4'\\]"):
+        BestRouteChatModel.from_pretrained(tmp_path / "router", pool=scripted_pool(), reranker=LengthReranker(), target_cost_reduction=0.2)
+    with pytest.raises(ValueError, match="one of threshold"):
+        BestRouteChatModel.from_pretrained(tmp_path / "router", pool=scripted_pool(), reranker=LengthReranker(), target_cost_reduction=0.4, threshold=0.5)
