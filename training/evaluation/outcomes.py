@@ -22,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 
+from bestroute_lc.conversation import RenderedConversation
 from bestroute_lc.policy import MemberCosts
 from bestroute_lc.pricing import Prices
 from training.labels import best_of_n_expectation
@@ -45,6 +46,8 @@ class EvalPrompt:
     text: str
     source: str
     members: dict[str, MemberOutcomes]
+    #: The conversation as the router sees it at run time (None: ``text`` as one user turn).
+    conversation: RenderedConversation | None = None
 
 
 @dataclass
