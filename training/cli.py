@@ -6,6 +6,7 @@
     bestroute-train labels   --config run.yaml   # exact y[k, n] with the proxy
     bestroute-train router   --config run.yaml   # train the multi-head router
     bestroute-train all      --config run.yaml   # all of the above in order
+    bestroute-train calibrate --config run.yaml --target cost_reduction=0.4   # store thresholds
 
 Multi-GPU / multi-node: ``accelerate launch -m training.cli reward --config run.yaml``.
 """
@@ -20,7 +21,7 @@ import time
 from training import pipeline
 from training.config import load_config
 
-STAGES = ("generate", "score", "reward", "labels", "router", "all")
+STAGES = ("generate", "score", "reward", "labels", "router", "all", "calibrate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="pipeline config (.json, .yaml or .yml)")
     parser.add_argument("--overwrite", action="store_true", help="rebuild reward/, labels.jsonl, router/ if present")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--target", action="append", default=[],
+        help="calibrate: cost_reduction=R | max_quality_drop=PCT | reference_share=S | budget_per_1000=USD (repeatable)",
+    )
+    parser.add_argument("--split", default="validation", choices=("train", "validation", "test"), help="calibrate on this split")
     return parser
 
 
@@ -49,6 +55,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"reward model -> {pipeline.stage_reward(config, progress=progress, overwrite=args.overwrite)}")
         elif args.stage == "labels":
             print(f"labels -> {pipeline.stage_labels(config, progress=progress, overwrite=args.overwrite)}")
+        elif args.stage == "calibrate":
+            results = pipeline.stage_calibrate(config, [pipeline.parse_target(t) for t in args.target], args.split)
+            for key, result in results.items():
+                print(
+                    f"{key}: threshold {result['threshold']:.2f} (cost reduction {result['cost_reduction']:.1%}, "
+                    f"quality drop {result['quality_drop_pct']:.2f} %, reference share {result['reference_share']:.1%}, "
+                    f"${result['cost_per_1000']:.4f} per 1,000 calls on {result['prompts']} {result['split']} prompts)"
+                )
+            print(f"stored in {config.router_dir / 'config.json'}")
         elif args.stage == "router":
             print(f"router -> {pipeline.stage_router(config, progress=progress, overwrite=args.overwrite)}")
         else:

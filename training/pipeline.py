@@ -314,3 +314,43 @@ def run_all(config: TrainConfig, pool: Pool | None = None, progress: bool = True
             stage(config, progress=progress, overwrite=overwrite)
         outputs[name] = path
     return outputs
+
+
+# -- calibration ------------------------------------------------------------------------------------
+def parse_target(text: str) -> tuple[str, float]:
+    """"cost_reduction=0.4" -> ("cost_reduction", 0.4)."""
+    from training.evaluation.calibration import TARGETS
+
+    kind, _, value = text.partition("=")
+    if kind not in TARGETS or not value:
+        raise ValueError(f"target {text!r}: use one of {', '.join(t + '=<value>' for t in TARGETS)}")
+    return kind, float(value)
+
+
+def stage_calibrate(config: TrainConfig, targets: list[tuple[str, float]], split_name: str = "validation") -> dict[str, Any]:
+    """Pick thresholds meeting ``targets`` on a split and store them in the router artifact."""
+    from bestroute_lc.artifacts import write_config
+    from training.evaluation.calibration import calibrate
+    from training.evaluation.from_store import eval_set_from_store, router_probabilities
+    from training.evaluation.sweep import Baseline, sweep
+
+    if not targets:
+        raise ValueError("give at least one --target, e.g. --target cost_reduction=0.4")
+    prompts, data, split = load_data(config)
+    ids = getattr(split, split_name) or split.train
+    reward = RewardPredictor.from_pretrained(config.reward_dir)
+    router = RouterPredictor.from_pretrained(config.router_dir)
+    eval_set = eval_set_from_store(config, ids, reward, name=f"{split_name} split")
+    if not eval_set.prompts:
+        raise ValueError(f"no {split_name} prompt has samples of every member")
+    points = sweep(eval_set, router_probabilities(router, eval_set), router.config.avg_output_tokens or eval_set.average_output_tokens())
+    baseline = Baseline.of(eval_set)
+    results = {}
+    for kind, value in targets:
+        result = calibrate(points, baseline, config.pool.reference, kind, value)
+        router.config.thresholds[result.key] = result.threshold
+        results[result.key] = {**result.__dict__, "split": split_name, "prompts": len(eval_set.prompts)}
+    router.config.training.setdefault("calibration", {}).update(results)
+    if is_main_process():
+        write_config(config.router_dir, router.config)
+    return results

@@ -209,3 +209,22 @@ def test_prompts_without_samples_are_reported_by_line(tmp_path: Path, capsys) ->
     config.samples_path.write_text("\n".join(kept) + "\n")
     assert cli.main(["reward", "--config", str(config_path), "--no-progress"]) == 2
     assert "prompts.jsonl:4 ('q3')" in capsys.readouterr().err
+
+
+def test_calibrate_stores_thresholds_the_chat_model_uses(tmp_path: Path, capsys) -> None:
+    config_path = write_run(tmp_path, "http://127.0.0.1:9/v1")
+    config = load_config(config_path)
+    write_own_samples(config)
+    for stage in ("reward", "labels", "router"):
+        assert cli.main([stage, "--config", str(config_path), "--no-progress"]) == 0
+    args = ["calibrate", "--config", str(config_path), "--target", "reference_share=1", "--target", "budget_per_1000=1000"]
+    assert cli.main(args) == 0
+    stored = json.loads((config.router_dir / "config.json").read_text())
+    assert set(stored["thresholds"]) == {"reference_share=1", "budget_per_1000=1000"}
+    assert stored["training"]["calibration"]["reference_share=1"]["reference_share"] == 1.0
+    llm = BestRouteChatModel.from_pretrained(
+        config.router_dir, config.reward_dir, pool=config.pool.build(), target_reference_share=1
+    )
+    assert llm.threshold == stored["thresholds"]["reference_share=1"]
+    assert cli.main(["calibrate", "--config", str(config_path), "--target", "speed=1"]) == 2
+    assert "cost_reduction=<value>" in capsys.readouterr().err
