@@ -29,7 +29,6 @@ from bestroute_lc.router import RouterPredictor
 from training.config import TrainConfig
 from training.dataset import PromptData, average_output_tokens, join
 from training.generate import GenerationReport, generate_samples, load_prompts
-from training.labels import match_labels
 from training.loop import is_main_process, wait_for_everyone
 from training.records import (
     PromptRecord,
@@ -42,7 +41,7 @@ from training.records import (
 from training.scorers import build_scorer
 from training.split import Split, stratified_split
 from training.train_reward import train_reward_model
-from training.train_router import router_examples, train_router
+from training.train_router import prompt_labels, router_examples, train_router
 
 logger = logging.getLogger(__name__)
 
@@ -201,23 +200,17 @@ def compute_labels(
     reference sample; prompts lacking them are reported and left out."""
     reference = config.pool.reference
     routed = [m.name for m in config.pool.members if m.name != reference]
-    ns = list(range(1, config.max_n + 1))
-    labels: dict[str, np.ndarray] = {}
-    incomplete: list[str] = []
-    for prompt_id, entry in tqdm(data.items(), desc="labels", disable=not progress):
-        reference_samples = entry.members.get(reference)
-        if reference_samples is None or any(
-            m not in entry.members or len(entry.members[m].texts) < config.max_n for m in routed
-        ):
-            incomplete.append(prompt_id)
-            continue
-        prompt_text = render_conversation(entry.prompt.chat_messages()).text
-        rows = []
-        for member in routed:
-            samples = entry.members[member]
-            proxy = reward.score(prompt_text, samples.texts)
-            rows.append(match_labels(proxy, samples.gt_scores, reference_samples.gt_scores, ns, config.label_tolerance))
-        labels[prompt_id] = np.stack(rows)
+    prompt_text = {pid: render_conversation(entry.prompt.chat_messages()).text for pid, entry in data.items()}
+    bar = tqdm(total=len(data), desc="labels", disable=not progress)
+
+    def proxy(prompt_id: str, member: str, texts: list[str]) -> list[float]:
+        if member == routed[-1]:
+            bar.update(1)
+        return reward.score(prompt_text[prompt_id], texts)
+
+    labels = prompt_labels(data, list(data), reference, routed, config.max_n, proxy, config.label_tolerance)
+    bar.close()
+    incomplete = [pid for pid in data if pid not in labels]
     if incomplete:
         logger.warning("labels: %d prompt(s) lack samples for some member and were left out: %s", len(incomplete), incomplete[:10])
     if not labels:

@@ -29,6 +29,38 @@ class RouterExample:
     labels: np.ndarray  # [K, N]
 
 
+def prompt_labels(
+    data: dict[str, PromptData],
+    prompt_ids: list[str],
+    reference: str,
+    routed: list[str],
+    max_n: int,
+    proxy_scores: Any,
+    tolerance: float = 0.0,
+) -> dict[str, np.ndarray]:
+    """y[k, n] ([K, N]) for every prompt with >= ``max_n`` samples of each routed member and a
+    reference sample. ``proxy_scores(prompt_id, member, texts) -> scores`` ranks the samples."""
+    from training.labels import match_labels
+
+    ns = list(range(1, max_n + 1))
+    labels = {}
+    for prompt_id in prompt_ids:
+        entry = data[prompt_id]
+        reference_samples = entry.members.get(reference)
+        if reference_samples is None or any(m not in entry.members or len(entry.members[m].texts) < max_n for m in routed):
+            continue
+        labels[prompt_id] = np.stack(
+            [
+                match_labels(
+                    proxy_scores(prompt_id, m, entry.members[m].texts), entry.members[m].gt_scores,
+                    reference_samples.gt_scores, ns, tolerance,
+                )
+                for m in routed
+            ]
+        )
+    return labels
+
+
 def router_examples(data: dict[str, PromptData], labels: dict[str, np.ndarray], prompt_ids: list[str]) -> list[RouterExample]:
     return [
         RouterExample(render_conversation(data[pid].prompt.chat_messages()), labels[pid])
