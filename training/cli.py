@@ -7,6 +7,7 @@
     bestroute-train router   --config run.yaml   # train the multi-head router
     bestroute-train all      --config run.yaml   # all of the above in order
     bestroute-train calibrate --config run.yaml --target cost_reduction=0.4   # store thresholds
+    bestroute-train evaluate --config run.yaml   # report (tables, plots) on the test split
 
 Multi-GPU / multi-node: ``accelerate launch -m training.cli reward --config run.yaml``.
 """
@@ -17,11 +18,12 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 from training import pipeline
 from training.config import load_config
 
-STAGES = ("generate", "score", "reward", "labels", "router", "all", "calibrate")
+STAGES = ("generate", "score", "reward", "labels", "router", "all", "calibrate", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--target", action="append", default=[],
         help="calibrate: cost_reduction=R | max_quality_drop=PCT | reference_share=S | budget_per_1000=USD (repeatable)",
     )
-    parser.add_argument("--split", default="validation", choices=("train", "validation", "test"), help="calibrate on this split")
+    parser.add_argument("--split", default=None, choices=("train", "validation", "test"),
+                        help="calibrate: default validation; evaluate: default test")
+    parser.add_argument("--out", default=None, help="evaluate: report folder (default <work_dir>/report)")
     return parser
 
 
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "labels":
             print(f"labels -> {pipeline.stage_labels(config, progress=progress, overwrite=args.overwrite)}")
         elif args.stage == "calibrate":
-            results = pipeline.stage_calibrate(config, [pipeline.parse_target(t) for t in args.target], args.split)
+            results = pipeline.stage_calibrate(config, [pipeline.parse_target(t) for t in args.target], args.split or "validation")
             for key, result in results.items():
                 print(
                     f"{key}: threshold {result['threshold']:.2f} (cost reduction {result['cost_reduction']:.1%}, "
@@ -64,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"${result['cost_per_1000']:.4f} per 1,000 calls on {result['prompts']} {result['split']} prompts)"
                 )
             print(f"stored in {config.router_dir / 'config.json'}")
+        elif args.stage == "evaluate":
+            out = pipeline.stage_evaluate(config, Path(args.out) if args.out else None, args.split or "test")
+            print(f"report -> {out / 'report.md'}")
         elif args.stage == "router":
             print(f"router -> {pipeline.stage_router(config, progress=progress, overwrite=args.overwrite)}")
         else:

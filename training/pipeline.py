@@ -347,3 +347,35 @@ def stage_calibrate(config: TrainConfig, targets: list[tuple[str, float]], split
     if is_main_process():
         write_config(config.router_dir, router.config)
     return results
+
+
+# -- evaluation --------------------------------------------------------------------------------------
+def stage_evaluate(config: TrainConfig, out_dir: Path | None = None, split_name: str = "test", baselines: bool = True) -> Path:
+    """Report on a split: BEST-Route (proxy and oracle pickers) and the baselines fitted on
+    the training split, all on the recorded samples (no new generation)."""
+    from training.evaluation.baselines import default_baselines, run_baselines
+    from training.evaluation.from_store import eval_set_from_store, router_probabilities
+    from training.evaluation.report import Report
+    from training.evaluation.sweep import sweep
+
+    _, data, split = load_data(config)
+    reward = RewardPredictor.from_pretrained(config.reward_dir)
+    router = RouterPredictor.from_pretrained(config.router_dir)
+    test = eval_set_from_store(config, getattr(split, split_name), reward, name=f"{config.prompts.stem} ({split_name} split)")
+    train = eval_set_from_store(config, split.train, reward, name="train")
+    if not test.prompts:
+        raise ValueError(f"no {split_name} prompt has samples of every member")
+    avg_tokens = router.config.avg_output_tokens or train.average_output_tokens()
+    probabilities = router_probabilities(router, test)
+    curves = {
+        "BEST-Route": sweep(test, probabilities, avg_tokens, picker="proxy"),
+        "BEST-Route (oracle picker)": sweep(test, probabilities, avg_tokens, picker="oracle"),
+    }
+    if baselines:
+        texts = {(pid, m): samples.texts for pid, entry in data.items() for m, samples in entry.members.items()}
+        curves.update(run_baselines(train, test, default_baselines(texts, seed=config.split.seed)))
+    report = Report.from_eval_set(test, curves, avg_output_tokens=avg_tokens, routing_method="BEST-Route", split=split.summary())
+    out_dir = out_dir or config.work_dir / "report"
+    if is_main_process():
+        report.save(out_dir)
+    return out_dir

@@ -228,3 +228,17 @@ def test_calibrate_stores_thresholds_the_chat_model_uses(tmp_path: Path, capsys)
     assert llm.threshold == stored["thresholds"]["reference_share=1"]
     assert cli.main(["calibrate", "--config", str(config_path), "--target", "speed=1"]) == 2
     assert "cost_reduction=<value>" in capsys.readouterr().err
+
+
+def test_evaluate_writes_the_report(tmp_path: Path) -> None:
+    config_path = write_run(tmp_path, "http://127.0.0.1:9/v1")
+    config = load_config(config_path)
+    write_own_samples(config)
+    for stage in ("reward", "labels", "router", "evaluate"):
+        assert cli.main([stage, "--config", str(config_path), "--no-progress"]) == 0
+    report = config.work_dir / "report"
+    text = (report / "report.md").read_text()
+    assert "Table 1" in text and "BEST-Route (oracle picker)" in text and "n-label" in text
+    data = json.loads((report / "report.json").read_text())
+    assert "BEST-Route" in json.dumps(data)
+    assert (report / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
