@@ -45,6 +45,14 @@ class TableData:
     data: dict[str, PromptData]
     texts: dict[tuple[str, str], list[str]]
 
+    def subset(self, prompt_ids: list[str]) -> TableData:
+        keep = set(prompt_ids)
+        return TableData(
+            self.eval_set.subset(prompt_ids),
+            {k: v for k, v in self.data.items() if k in keep},
+            {k: v for k, v in self.texts.items() if k[0] in keep},
+        )
+
 
 def load_table(name: str, data_dir: str | None = None) -> TableData:
     """One of the shared tables with its sample texts (for training and cascades)."""
