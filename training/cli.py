@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default=None, choices=("train", "validation", "test"),
                         help="calibrate: default validation; evaluate: default test")
     parser.add_argument("--out", default=None, help="evaluate: report folder (default <work_dir>/report)")
+    parser.add_argument("--source", action="append", default=None,
+                        help="evaluate: only prompts of this source (repeatable; with split.holdout_sources: OOD)")
     return parser
 
 
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             print(f"stored in {config.router_dir / 'config.json'}")
         elif args.stage == "evaluate":
-            out = pipeline.stage_evaluate(config, Path(args.out) if args.out else None, args.split or "test")
+            out = pipeline.stage_evaluate(config, Path(args.out) if args.out else None, args.split or "test", sources=args.source)
             print(f"report -> {out / 'report.md'}")
         elif args.stage == "router":
             print(f"router -> {pipeline.stage_router(config, progress=progress, overwrite=args.overwrite)}")

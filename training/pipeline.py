@@ -350,9 +350,16 @@ def stage_calibrate(config: TrainConfig, targets: list[tuple[str, float]], split
 
 
 # -- evaluation --------------------------------------------------------------------------------------
-def stage_evaluate(config: TrainConfig, out_dir: Path | None = None, split_name: str = "test", baselines: bool = True) -> Path:
+def stage_evaluate(
+    config: TrainConfig,
+    out_dir: Path | None = None,
+    split_name: str = "test",
+    baselines: bool = True,
+    sources: list[str] | None = None,
+) -> Path:
     """Report on a split: BEST-Route (proxy and oracle pickers) and the baselines fitted on
-    the training split, all on the recorded samples (no new generation)."""
+    the training split, all on the recorded samples (no new generation). ``sources``: only
+    the split's prompts of these sources (with ``split.holdout_sources``: an OOD check)."""
     from training.evaluation.baselines import default_baselines, run_baselines
     from training.evaluation.from_store import eval_set_from_store, router_probabilities
     from training.evaluation.report import Report
@@ -361,7 +368,12 @@ def stage_evaluate(config: TrainConfig, out_dir: Path | None = None, split_name:
     _, data, split = load_data(config)
     reward = RewardPredictor.from_pretrained(config.reward_dir)
     router = RouterPredictor.from_pretrained(config.router_dir)
-    test = eval_set_from_store(config, getattr(split, split_name), reward, name=f"{config.prompts.stem} ({split_name} split)")
+    ids = getattr(split, split_name)
+    if sources:
+        source_of = {pid: entry.prompt.source for pid, entry in data.items()}
+        ids = [pid for pid in ids if source_of[pid] in sources]
+    label = f"{config.prompts.stem} ({split_name} split" + (f", sources {', '.join(sources)})" if sources else ")")
+    test = eval_set_from_store(config, ids, reward, name=label)
     train = eval_set_from_store(config, split.train, reward, name="train")
     if not test.prompts:
         raise ValueError(f"no {split_name} prompt has samples of every member")

@@ -22,6 +22,9 @@ class SplitConfig(BaseModel):
     validation: float = Field(default=0.1, ge=0)
     test: float = Field(default=0.1, ge=0)
     seed: int = 0
+    #: Out-of-distribution check (paper Table 3): every prompt of these sources goes to the
+    #: test split, so the router and reward model never see that source in training.
+    holdout_sources: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
@@ -50,7 +53,8 @@ class Split(BaseModel):
         return {
             "sizes": {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)},
             "seed": self.config.seed,
-            "fractions": self.config.model_dump(exclude={"seed"}),
+            "fractions": self.config.model_dump(exclude={"seed", "holdout_sources"}),
+            "holdout_sources": list(self.config.holdout_sources),
             "fingerprint": self.fingerprint(),
         }
 
@@ -66,6 +70,9 @@ def stratified_split(prompts: Sequence[PromptRecord], config: SplitConfig | None
     test: list[str] = []
     for source in sorted(by_source):
         ids = sorted(by_source[source])
+        if source in config.holdout_sources:
+            test.extend(ids)
+            continue
         rng.shuffle(ids)
         n_validation = round(len(ids) * config.validation)
         n_test = round(len(ids) * config.test)

@@ -242,3 +242,20 @@ def test_evaluate_writes_the_report(tmp_path: Path) -> None:
     data = json.loads((report / "report.json").read_text())
     assert "BEST-Route" in json.dumps(data)
     assert (report / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_out_of_distribution_check(tmp_path: Path) -> None:
+    """Hold the "hard" source out of training; evaluate on it alone (paper Table 3 style)."""
+    config_path = write_run(tmp_path, "http://127.0.0.1:9/v1")
+    raw = yaml.safe_load(config_path.read_text())
+    raw["split"]["holdout_sources"] = ["hard"]
+    config_path.write_text(yaml.safe_dump(raw))
+    config = load_config(config_path)
+    write_own_samples(config)
+    for stage in ("reward", "labels", "router"):
+        assert cli.main([stage, "--config", str(config_path), "--no-progress"]) == 0
+    assert cli.main(["evaluate", "--config", str(config_path), "--no-progress", "--source", "hard", "--out", str(tmp_path / "ood")]) == 0
+    split = json.loads(config.split_path.read_text())
+    assert all(int(pid[1:]) % 2 == 0 for pid in split["train"])  # only "easy" prompts (even ids) trained on
+    report = json.loads((tmp_path / "ood" / "report.json").read_text())
+    assert "hard" in json.dumps(report)

@@ -105,3 +105,11 @@ def test_router_example_keeps_label_shape() -> None:
     data = synthetic_data(1)
     (example,) = router_examples(data, {"q0": np.zeros((1, 3))}, ["q0"])
     assert isinstance(example, RouterExample) and example.labels.shape == (1, 3)
+
+
+def test_holdout_sources_go_entirely_to_test() -> None:
+    prompts = [PromptRecord(id=f"{s}{i}", prompt="x", source=s) for s in "ab" for i in range(10)]
+    split = stratified_split(prompts, SplitConfig(train=0.6, validation=0.2, test=0.2, holdout_sources=["b"]))
+    assert all(pid.startswith("a") for pid in split.train + split.validation)
+    assert sorted(pid for pid in split.test if pid.startswith("b")) == sorted(f"b{i}" for i in range(10))
+    assert split.summary()["holdout_sources"] == ["b"]
