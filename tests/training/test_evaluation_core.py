@@ -107,3 +107,38 @@ def test_calibration_targets() -> None:
         calibrate(points, baseline, "ref", "budget_per_1000", 0.0)
     with pytest.raises(ValueError, match="unknown calibration target"):
         calibrate(points, baseline, "ref", "latency", 1.0)
+
+
+def random_set(seed: int, prompts: int = 400) -> tuple[EvalSet, np.ndarray]:
+    """Prompts of random difficulty d: the cheap member's samples match with probability 1 - d,
+    and an (honest) router predicts p[n] = 1 - d**n."""
+    rng = np.random.default_rng(seed)
+    rows, probabilities = [], []
+    for i in range(prompts):
+        d = rng.uniform()
+        cheap_gt = (rng.uniform(size=5) > d).astype(float)
+        rows.append(
+            EvalPrompt(
+                id=f"q{i}", text="", source="s",
+                members={
+                    "ref": MemberOutcomes(gt=np.ones(5), output_tokens=np.full(5, 100.0), input_tokens=50, proxy=np.zeros(5)),
+                    "cheap": MemberOutcomes(gt=cheap_gt, output_tokens=np.full(5, 100.0), input_tokens=50, proxy=cheap_gt.copy()),
+                },
+            )
+        )
+        probabilities.append([[1 - d**n for n in range(1, 6)]])
+    return EvalSet(rows, ["ref", "cheap"], "ref", PRICES, {"ref": False, "cheap": False}, max_n=5), np.asarray(probabilities)
+
+
+@pytest.mark.parametrize(("kind", "value"), [("cost_reduction", 0.4), ("cost_reduction", 0.7), ("max_quality_drop", 2.0)])
+def test_calibration_hits_its_target_on_held_out_data(kind: str, value: float) -> None:
+    calibration_set, calibration_p = random_set(seed=1)
+    held_out, held_out_p = random_set(seed=2)
+    tokens = calibration_set.average_output_tokens()
+    result = calibrate(sweep(calibration_set, calibration_p, tokens), Baseline.of(calibration_set), "ref", kind, value)
+    (point,) = sweep(held_out, held_out_p, tokens, thresholds=[result.threshold])
+    baseline = Baseline.of(held_out)
+    if kind == "cost_reduction":
+        assert baseline.cost_reduction(point) == pytest.approx(value, abs=0.05)
+    else:
+        assert baseline.quality_drop_pct(point) <= value + 1.0
