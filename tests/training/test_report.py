@@ -209,3 +209,11 @@ def test_cost_estimation_error_and_report_from_eval_set() -> None:
     # cheap:3 matches the reference at a fraction of its cost: no drop at any saving listed
     assert all(v == pytest.approx(0.0, abs=1e-9) for v in report.table1()["best-of-n"].values())
     assert "## Cost estimation error (App. B.1, Table 7)" in report.to_markdown()
+
+
+
+def test_report_round_trips_through_json() -> None:
+    report = make_report()
+    rebuilt = Report.from_json(json.loads(report.json_text()))
+    assert rebuilt.json_text() == report.json_text()
+    assert rebuilt.to_markdown() == report.to_markdown()

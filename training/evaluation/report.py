@@ -231,6 +231,30 @@ class Report:
             kwargs.setdefault("cost_errors", cost_estimation_error(eval_set, avg_output_tokens))
         return cls(baseline=Baseline.of(eval_set), curves=curves, weakest=cheapest_single_option(eval_set), **kwargs)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Report:
+        """Rebuild a report from ``to_json()`` output (to re-render or aggregate saved runs)."""
+
+        def point(raw: dict[str, Any]) -> OperatingPoint:
+            return OperatingPoint(cost=raw["cost"], quality=raw["quality"], distribution=raw.get("distribution", {}), knob=raw.get("knob"))
+
+        return cls(
+            dataset=data["dataset"],
+            baseline=Baseline(cost=data["baseline"]["cost"], quality=data["baseline"]["quality"]),
+            # JSON keys are sorted; "methods" keeps the curves' order
+            curves={name: [point(p) for p in data["curves"][name]] for name in data.get("methods") or data["curves"]},
+            weakest=point(data["weakest"]) if data.get("weakest") else None,
+            reference=data.get("reference"),
+            members=data.get("members"),
+            routing_method=(data.get("routing") or {}).get("method"),
+            reductions=tuple(r / 100 for r in data["reductions_pct"]),
+            max_drop_pct=data.get("max_drop_pct", 1.0),
+            cost_errors=data.get("cost_estimation_error"),
+            split=data.get("split"),
+            notes=list(data.get("notes", [])),
+            quality_metric=data.get("quality_metric", "quality"),
+        )
+
     # -- numbers ---------------------------------------------------------------------------
     @property
     def cost_range(self) -> tuple[float, float] | None:
@@ -466,7 +490,7 @@ class Report:
         base_x, base_q = 1000 * self.baseline.cost, self.baseline.quality
         fig, ax = plt.subplots(figsize=(8.5, 5.5), dpi=120)
         markers = "oDs^v<>pPhX*"
-        colors = plt.get_cmap("tab10").colors
+        colors = plt.get_cmap("tab10" if len(self.curves) <= 10 else "tab20").colors
         for i, (name, points) in enumerate(self.curves.items()):
             color, marker = colors[i % len(colors)], markers[i % len(markers)]
             frontier = pareto(points)
@@ -483,7 +507,12 @@ class Report:
         ax.axhline(base_q, color="grey", linestyle="--", linewidth=0.8, zorder=1)
         for r in self.reductions:
             ax.axvline(base_x * (1 - r), color="grey", linestyle=":", linewidth=0.7, zorder=1)
-        ax.set_xlabel("Cost per 1,000 calls (USD)")
+        # Routing is about spending less than the reference: options far costlier than it
+        # (e.g. the reference's own best-of-10) would squeeze every curve against the axis.
+        x_max = 1.15 * base_x
+        beyond = sum(1000 * p.cost > x_max for points in self.curves.values() for p in pareto(points))
+        ax.set_xlim(0, x_max)
+        ax.set_xlabel("Cost per 1,000 calls (USD)" + (f"  ({beyond} costlier Pareto point(s) off the right edge)" if beyond else ""))
         ax.set_ylabel(self.quality_metric[:1].upper() + self.quality_metric[1:])
         ax.set_title(f"{self.dataset}: cost vs quality")
         ax.grid(True, alpha=0.25)
