@@ -35,7 +35,7 @@ from bestroute_lc.policy import (
     forced,
     validate_threshold,
 )
-from bestroute_lc.pool import Pool, PoolMember, check_pool_matches
+from bestroute_lc.pool import Pool, check_pool_matches
 from bestroute_lc.rerankers.base import Reranker, argmax_first
 from bestroute_lc.router import RouterPredictor
 from bestroute_lc.sampling import (
@@ -48,11 +48,6 @@ from bestroute_lc.sampling import (
 )
 
 logger = logging.getLogger(__name__)
-
-#: Kwargs of a call that are tool bindings, translated per member by its own bind_tools.
-TOOL_KWARGS = ("tools", "tool_choice", "parallel_tool_calls", "strict")
-#: Kwargs that only BestRoute reads; never forwarded to members.
-ENGINE_KWARGS = ("threshold", "model", "ls_structured_output_format")
 
 
 class BestRouteError(RuntimeError):
@@ -211,12 +206,6 @@ class BestRouteEngine:
         return decision, table, time.perf_counter() - start
 
     # -- sampling -----------------------------------------------------------------------
-    async def asample(
-        self, member: PoolMember, n: int, messages: Sequence[BaseMessage], stop: list[str] | None, call_kwargs: dict[str, Any]
-    ) -> tuple[list[AIMessage], Attempt]:
-        """Draw ``n`` samples from ``member`` (``sampling.draw_samples``)."""
-        return await draw_samples(member, n, messages, stop, call_kwargs)
-
     # -- reranking ----------------------------------------------------------------------
     async def arerank(self, messages: Sequence[BaseMessage], candidates: list[AIMessage]) -> tuple[int, list[float] | None, str | None]:
         """(index of the best candidate, scores, error). One candidate needs no reranker."""
