@@ -11,6 +11,7 @@ callbacks; usage is reported once, on the outer run).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -138,17 +139,11 @@ def to_chunk(message: AIMessage) -> AIMessageChunk:
         additional_kwargs={k: v for k, v in message.additional_kwargs.items() if k != "tool_calls"},
         response_metadata=dict(message.response_metadata),
         tool_call_chunks=[
-            tool_call_chunk(name=c["name"], args=_json(c["args"]), id=c.get("id"), index=i)
+            tool_call_chunk(name=c["name"], args=json.dumps(c["args"], ensure_ascii=False), id=c.get("id"), index=i)
             for i, c in enumerate(message.tool_calls)
         ],
         id=message.id,
     )
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value, ensure_ascii=False)
 
 
 class SpendGuard:
@@ -205,7 +200,6 @@ class BestRouteEngine:
         decision = choose(table, costs, self.pool.reference, input_tokens, threshold)
         return decision, table, time.perf_counter() - start
 
-    # -- sampling -----------------------------------------------------------------------
     # -- reranking ----------------------------------------------------------------------
     async def arerank(self, messages: Sequence[BaseMessage], candidates: list[AIMessage]) -> tuple[int, list[float] | None, str | None]:
         """(index of the best candidate, scores, error). One candidate needs no reranker."""
