@@ -7,7 +7,7 @@
     bestroute-train router   --config run.yaml   # train the multi-head router
     bestroute-train all      --config run.yaml   # all of the above in order
     bestroute-train calibrate --config run.yaml --target cost_reduction=0.4   # store thresholds
-    bestroute-train evaluate --config run.yaml   # report (tables, plots) on the test split
+    bestroute-train evaluate --config run.yaml [--target cost_reduction=0.4]   # report on the test split (+ calibrate)
 
 Multi-GPU / multi-node: ``accelerate launch -m training.cli reward --config run.yaml``.
 """
@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "evaluate":
             out = pipeline.stage_evaluate(config, Path(args.out) if args.out else None, args.split or "test", sources=args.source)
             print(f"report -> {out / 'report.md'}")
+            if args.target:  # one command: report and calibrated artifact (thresholds from the validation split)
+                for key, result in pipeline.stage_calibrate(config, [pipeline.parse_target(t) for t in args.target]).items():
+                    print(f"{key}: threshold {result['threshold']:.2f} stored in {config.router_dir / 'config.json'}")
         elif args.stage == "router":
             print(f"router -> {pipeline.stage_router(config, progress=progress, overwrite=args.overwrite)}")
         else:

@@ -234,8 +234,10 @@ def test_evaluate_writes_the_report(tmp_path: Path) -> None:
     config_path = write_run(tmp_path, "http://127.0.0.1:9/v1")
     config = load_config(config_path)
     write_own_samples(config)
-    for stage in ("reward", "labels", "router", "evaluate"):
+    for stage in ("reward", "labels", "router"):
         assert cli.main([stage, "--config", str(config_path), "--no-progress"]) == 0
+    assert cli.main(["evaluate", "--config", str(config_path), "--no-progress", "--target", "reference_share=1"]) == 0
+    assert "reference_share=1" in json.loads((config.router_dir / "config.json").read_text())["thresholds"]
     report = config.work_dir / "report"
     text = (report / "report.md").read_text()
     assert "Table 1" in text and "BEST-Route (oracle picker)" in text and "n-label" in text
