@@ -29,7 +29,6 @@ included); the records' ``cost_usd`` sum to at most that.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -42,6 +41,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from bestroute_lc.conversation import render_candidate
 from bestroute_lc.pool import NBilling, Pool, PoolMember
 from bestroute_lc.sampling import Attempt, draw_samples
+from bestroute_lc.sync_bridge import run_sync
 from training.records import (
     PromptRecord,
     RecordError,
@@ -315,7 +315,7 @@ def generate_samples(
     call_kwargs: Mapping[str, Any] | None = None,
 ) -> GenerationReport:
     """Synchronous ``agenerate_samples``: ``asyncio.run`` where no loop is running, else
-    (Jupyter, inside an async framework) the same on a fresh loop in a helper thread."""
+    (Jupyter, inside an async framework) on ``bestroute_lc.sync_bridge``'s background loop."""
     coroutine = agenerate_samples(
         prompts,
         pool,
@@ -329,18 +329,5 @@ def generate_samples(
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coroutine)
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["report"] = asyncio.run(coroutine)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, name="bestroute-generate", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["report"]
+        return asyncio.run(coroutine)  # Ctrl-C cancels the workers; written samples stay
+    return run_sync(coroutine)  # inside a running loop: the package's background loop
