@@ -433,19 +433,25 @@ class NumericAnswerScorer(GroundTruthScorer):
 class CodeTestScorer(GroundTruthScorer):
     """1.0 if the response's code passes the prompt's tests, else 0.0 (HumanEval pass@1).
 
-    The program is built with :func:`bestroute_lc.rerankers.code_execution.build_candidate_program`:
-    a response that defines ``entry_point`` (a whole program, possibly in fenced blocks
-    between prose) runs after the prompt's code; otherwise it is read as the body of the
-    function stub the prompt ends with (completion style). Then ``prompt.tests`` (which
-    defines ``check(candidate)``) runs, and ``check(<entry_point>)`` is called, all in one
-    sandboxed subprocess (:func:`bestroute_lc.sandbox.run_in_sandbox`: no network, memory
-    and CPU limits; best effort, not a security boundary). Responses run in parallel.
+    The candidate's program is built with
+    :func:`bestroute_lc.rerankers.code_execution.build_candidate_program`: a response that
+    defines ``entry_point`` (a whole program, possibly in fenced blocks between prose)
+    runs after the prompt's code; otherwise it is read as the body of the function stub
+    the prompt ends with (completion style). The tests (``prompt.tests``, which define
+    ``check(candidate)``, or bare ``assert`` lines calling ``entry_point``) then run with
+    :func:`bestroute_lc.sandbox.run_tests_in_sandbox`: in a sandbox of their own, next to
+    the candidate's sandbox, calling it through proxies that pass only plain values, so
+    the candidate's code cannot patch what the tests use nor forge their verdict. Both
+    sandboxes are isolated (no network, no host files, unprivileged, resource limits).
+    Responses run in parallel.
 
     Args:
         timeout_s: wall-clock limit for one response's whole run (start-up, definitions
             and tests).
         max_workers: responses executed at once (default: CPU count, at most 8).
-        memory_bytes: address-space limit of the child (default 2 GiB).
+        memory_bytes: address-space limit of each child (default 2 GiB).
+        allow_unisolated: run without the isolation layer when it is missing (a
+            warning on every use) instead of raising ``IsolationUnavailableError``.
 
     Expects ``tests`` (ValueError naming the prompt id if missing) and ``entry_point``
     (if missing: the last function defined in the prompt's code, else ValueError); the
@@ -455,13 +461,21 @@ class CodeTestScorer(GroundTruthScorer):
 
     name = "code_tests"
 
-    def __init__(self, timeout_s: float = 10.0, *, max_workers: int | None = None, memory_bytes: int | None = 2 << 30) -> None:
+    def __init__(
+        self,
+        timeout_s: float = 10.0,
+        *,
+        max_workers: int | None = None,
+        memory_bytes: int | None = 2 << 30,
+        allow_unisolated: bool = False,
+    ) -> None:
         from bestroute_lc.sandbox import SandboxLimits
 
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         self.timeout_s = float(timeout_s)
         self.max_workers = max_workers or min(8, os.cpu_count() or 1)
+        self.allow_unisolated = allow_unisolated
         self.limits = SandboxLimits(timeout_s=self.timeout_s, check_timeout_s=self.timeout_s, memory_bytes=memory_bytes)
 
     def _entry_point(self, prompt: PromptRecord, prompt_code: str | None) -> str:
@@ -479,25 +493,42 @@ class CodeTestScorer(GroundTruthScorer):
             )
         return functions[-1]
 
+    @staticmethod
+    def _test_code(tests: str, entry: str) -> str:
+        """HumanEval tests define ``check(candidate)``, which is then called; MBPP-style
+        tests are bare asserts calling the function by name, which run as they are."""
+        try:
+            tree = ast.parse(tests)
+        except SyntaxError:
+            return tests  # fails in the test process, with the error recorded
+        defines_check = any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in tree.body)
+        return f"{tests}\n\ncheck({entry})\n" if defines_check else tests
+
     def run(self, prompt: PromptRecord, responses: Sequence[str]) -> list[Any]:
-        """The :class:`~bestroute_lc.sandbox.SandboxResult` of every response (for debugging)."""
+        """The :class:`~bestroute_lc.sandbox.TestRunResult` of every response (for debugging)."""
         from bestroute_lc.rerankers.code_execution import (
             build_candidate_program,
             extract_prompt_code,
         )
-        from bestroute_lc.sandbox import CodeChunk, ExpressionCheck, run_in_sandbox
+        from bestroute_lc.sandbox import run_tests_in_sandbox
 
         tests = self._require(prompt, "tests")
         prompt_code = extract_prompt_code(_last_user_text(prompt))
         entry = self._entry_point(prompt, prompt_code)
         if not entry.isidentifier():
             raise ValueError(f"{self.name} scorer: entry_point {entry!r} of prompt {prompt.id!r} is not an identifier")
-        # ``check`` raises on failure; its return value does not matter (HumanEval harness).
-        check = ExpressionCheck(expression="True", expected="True", setup=f"check({entry})\n")
+        test_code = self._test_code(tests, entry)
 
         def run_one(response: str) -> Any:
-            program = [*build_candidate_program(prompt_code, response, [entry]), CodeChunk(tests)]
-            return run_in_sandbox(program, [check], limits=self.limits)
+            program = build_candidate_program(prompt_code, response, [entry])
+            return run_tests_in_sandbox(
+                program,
+                test_code,
+                [entry],
+                test_context=prompt_code or (),
+                limits=self.limits,
+                allow_unisolated=self.allow_unisolated,
+            )
 
         if not responses:
             return []
@@ -507,7 +538,7 @@ class CodeTestScorer(GroundTruthScorer):
 
     def score(self, prompt: PromptRecord, responses: Sequence[str]) -> list[float]:
         results = self.run(prompt, responses)
-        scores = [float(r.total == 1 and r.passed == 1 and not r.timed_out) for r in results]
+        scores = [float(r.passed and not r.timed_out) for r in results]
         return self._checked(prompt, responses, scores)
 
 
@@ -755,7 +786,7 @@ def build_scorer(spec: dict[str, Any], *, judge: Any = None) -> GroundTruthScore
     Kinds and options: ``reward_model`` (``path``, ``batch_size``, ``device``,
     ``max_length``, ``dtype``, ``trust_remote_code``); ``exact_match`` (``normalize``);
     ``numeric`` (``rel_tol``, ``abs_tol``); ``code_tests`` (``timeout_s``, ``max_workers``,
-    ``memory_bytes``); ``bleu`` (``tokenize``, ``lowercase``); ``rouge`` (``variant``, e.g.
+    ``memory_bytes``, ``allow_unisolated``); ``bleu`` (``tokenize``, ``lowercase``); ``rouge`` (``variant``, e.g.
     ``"rougeL"``, ``use_stemmer``); ``llm_judge`` (``rubric``, ``scale``,
     ``max_concurrency``; the chat model is passed as ``judge=``).
     Unknown kinds or options raise ValueError listing what is accepted.

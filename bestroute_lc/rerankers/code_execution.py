@@ -650,6 +650,13 @@ class CodeExecutionReranker(Reranker):
         max_workers: candidates executed at once (default: the CPU count, at most 8).
         limits: full sandbox limits; overrides ``timeout_s`` when given.
         max_examples: examples taken from a prompt at most.
+        allow_unisolated: run candidates without the isolation layer when it is
+            missing (a warning on every use) instead of raising
+            :class:`~bestroute_lc.isolation.IsolationUnavailableError`. Never with
+            untrusted prompts: see ``docs/security.md``.
+
+    Candidates run in :func:`~bestroute_lc.sandbox.run_in_sandbox`: isolated, and judged
+    here on the values they report, never by their own interpreter.
     """
 
     name = "code_execution"
@@ -662,8 +669,10 @@ class CodeExecutionReranker(Reranker):
         max_workers: int | None = None,
         limits: SandboxLimits | None = None,
         max_examples: int = 32,
+        allow_unisolated: bool = False,
     ) -> None:
         self.tiebreaker = tiebreaker
+        self.allow_unisolated = allow_unisolated
         self.limits = limits or SandboxLimits(timeout_s=timeout_s, check_timeout_s=min(2.0, timeout_s))
         self.max_workers = max_workers or min(8, os.cpu_count() or 1)
         self.max_examples = max_examples
@@ -682,9 +691,12 @@ class CodeExecutionReranker(Reranker):
         programs = [build_candidate_program(prompt_code, c, entry_names) for c in candidates]
         workers = max(1, min(self.max_workers, len(programs)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="code-execution") as pool:
-            results = list(pool.map(lambda program: run_in_sandbox(program, examples, limits=self.limits), programs))
+            results = list(pool.map(self._run_one, programs, [examples] * len(programs)))
         logger.debug("code_execution: %d examples, passes %s", len(examples), [r.passed for r in results])
         return results
+
+    def _run_one(self, program: list[CodeChunk], examples: list[ExpressionCheck]) -> SandboxResult:
+        return run_in_sandbox(program, examples, limits=self.limits, allow_unisolated=self.allow_unisolated)
 
     def score(self, prompt: str, candidates: Sequence[str]) -> list[float]:
         if not candidates:
