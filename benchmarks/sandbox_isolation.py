@@ -40,16 +40,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bestroute_lc.isolation import BWRAP_ENV, isolation_status  # noqa: E402
-from bestroute_lc.rerankers.code_execution import (  # noqa: E402
+from bestroute_lc.isolation import BWRAP_ENV, isolation_status
+from bestroute_lc.rerankers.code_execution import (
     _called_names,
     _top_level_function_names,
     build_candidate_program,
     extract_examples,
     extract_prompt_code,
 )
-from bestroute_lc.sandbox import SandboxLimits, run_in_sandbox, run_tests_in_sandbox  # noqa: E402
-from training.scorers import CodeTestScorer  # noqa: E402
+from bestroute_lc.sandbox import SandboxLimits, run_in_sandbox, run_tests_in_sandbox
+from training.scorers import CodeTestScorer
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "humaneval_routing" / "humaneval_routing.dev.jsonl.gz"
 
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         "same_example_passes_isolated_vs_plain": agreement["examples_same_passes"] / len(answers),
     }
     lines = [
-        f"| check | isolated (ms, mean / median) | unisolated (ms, mean / median) | ratio of means |",
+        "| check | isolated (ms, mean / median) | unisolated (ms, mean / median) | ratio of means |",
         "|---|---:|---:|---:|",
     ]
     for kind, ratio in (("examples", results["ratio_examples"]), ("tests", results["ratio_tests"])):

@@ -62,15 +62,21 @@ class Opaque:
         return self.text
 
 
-def decode_value(tagged, _depth: int = 0, _budget: list | None = None):
-    """Turn a tagged value back into fresh builtin objects (strict: ``ValueError`` on
-    anything malformed or over the limits). Runs in trusted processes only."""
-    budget = _budget if _budget is not None else [MAX_ITEMS]
-    if _depth > MAX_DEPTH:
+def _spend(budget: list | None, depth: int) -> list:
+    """One more item at ``depth``: the (shared, mutable) item budget, or ValueTooLarge."""
+    budget = budget if budget is not None else [MAX_ITEMS]
+    if depth > MAX_DEPTH:
         raise ValueTooLarge("value nested too deeply")
     budget[0] -= 1
     if budget[0] < 0:
         raise ValueTooLarge("value has too many items")
+    return budget
+
+
+def decode_value(tagged, _depth: int = 0, _budget: list | None = None):
+    """Turn a tagged value back into fresh builtin objects (strict: ``ValueError`` on
+    anything malformed or over the limits). Runs in trusted processes only."""
+    budget = _spend(_budget, _depth)
     if type(tagged) is not list or not tagged or type(tagged[0]) is not str:
         raise ValueError("malformed tagged value")
     tag, rest = tagged[0], tagged[1:]
@@ -155,13 +161,10 @@ def _make_encoder():
             text = "<unrepresentable>"
         return text[:4096]
 
+    spend = _spend
+
     def encode(value, depth=0, budget=None):
-        budget = budget if budget is not None else [MAX_ITEMS]
-        if depth > MAX_DEPTH:
-            raise ValueTooLarge("value nested too deeply")
-        budget[0] -= 1
-        if budget[0] < 0:
-            raise ValueTooLarge("value has too many items")
+        budget = spend(budget, depth)
         kind = _type(value)
         if value is None:
             return ["none"]
@@ -264,7 +267,8 @@ def _child_main() -> None:  # pragma: no cover - runs inside the sandbox, tested
 
     # 2. Friendly refusals for the common cases (the real boundary is the isolation
     #    layer: no network namespace to reach, no processes beyond RLIMIT_NPROC).
-    import socket, _socket  # noqa: E401
+    import _socket
+    import socket
 
     def _no_network(*_args, **_kwargs):
         raise OSError("network access is disabled in this sandbox")

@@ -28,6 +28,7 @@ from bestroute_lc.conversation import (
     render_conversation,
     validate_messages,
 )
+from bestroute_lc.isolation import IsolationUnavailableError
 from bestroute_lc.policy import (
     Decision,
     Option,
@@ -174,6 +175,8 @@ class BestRouteEngine:
         check_pool_matches(router.config.members, router.config.reference, pool, "the router")
         if reranker is None and router.config.max_n > 1:
             raise ValueError("a reranker is required when the router can choose n > 1 (max_n > 1)")
+        if reranker is not None:
+            reranker.check_ready()  # e.g. code execution without its isolation layer: fail closed now
         self.pool = pool
         self.router = router
         self.reranker = reranker
@@ -208,6 +211,8 @@ class BestRouteEngine:
         prompt = render_conversation(messages).text
         try:
             scores = await self.reranker.ascore(prompt, [render_candidate(c) for c in candidates])
+        except IsolationUnavailableError:
+            raise  # fail closed: never hand back unverified model-written code as "reranked"
         except Exception as exc:  # noqa: BLE001 - a broken reranker must not lose paid-for samples
             logger.warning("bestroute: reranker failed (%s); returning the first sample", describe_error(exc))
             return 0, None, describe_error(exc)

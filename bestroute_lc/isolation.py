@@ -45,6 +45,9 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
+
+from bestroute_lc.seccomp import filter_program
 
 __all__ = [
     "IsolationStatus",
@@ -144,15 +147,26 @@ def isolation_status() -> IsolationStatus:
 
 def _probe(bwrap: str) -> IsolationStatus:
     mechanism = "bwrap+setpriv" if os.geteuid() == 0 and _setpriv() else "bwrap-userns"
-    argv = isolated_command([sys.executable, "-I", "-S", "-c", "import os; print(os.getuid())"], bwrap=bwrap)
+    filter_fd = seccomp_fd()
+    argv = isolated_command(
+        [sys.executable, "-I", "-c", "import os, sys; print(os.getuid(), sys.prefix)"], bwrap=bwrap, seccomp=filter_fd
+    )
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=30, env={"PATH": os.defpath})
+        done = subprocess.run(
+            argv, capture_output=True, timeout=30, env={"PATH": os.defpath}, pass_fds=() if filter_fd is None else (filter_fd,)
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return IsolationStatus(False, "none", f"{bwrap} could not run: {exc}", bwrap)
-    if done.returncode != 0 or done.stdout.strip() in (b"", b"0"):
+    finally:
+        if filter_fd is not None:
+            os.close(filter_fd)
+    uid, _, prefix = done.stdout.decode("utf-8", "replace").strip().partition(" ")
+    if done.returncode != 0 or uid in ("", "0"):
         detail = (done.stderr or done.stdout).decode("utf-8", "replace").strip()[-300:]
         return IsolationStatus(False, "none", f"{bwrap} refused to build the sandbox ({detail or done.returncode})", bwrap)
-    return IsolationStatus(True, mechanism, "", bwrap)
+    if prefix != sys.prefix:  # the interpreter could not reach its own prefix inside
+        return IsolationStatus(False, "none", f"the sandboxed interpreter saw sys.prefix={prefix!r}, not {sys.prefix!r}", bwrap)
+    return IsolationStatus(True, mechanism + ("+seccomp" if filter_program() is not None else ""), "", bwrap)
 
 
 def require_isolation(allow_unisolated: bool, *, what: str = "model-written code") -> IsolationStatus:
@@ -192,15 +206,37 @@ def _read_only_roots() -> list[str]:
     return kept
 
 
+def seccomp_fd() -> int | None:
+    """A readable fd holding the seccomp program (:mod:`bestroute_lc.seccomp`) for one
+    bwrap run (bwrap reads it to the end), or ``None`` on an architecture without one.
+    The caller passes it to the child (``pass_fds``) and closes it after the start."""
+    program = filter_program()
+    if program is None:
+        return None
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, program)  # a few hundred bytes: far below the pipe's buffer
+    finally:
+        os.close(write_end)
+    return read_end
+
+
+def _parents(path: str) -> list[str]:
+    parts = Path(path).parts[1:-1]
+    return [str(Path("/", *parts[: i + 1])) for i in range(len(parts))]
+
+
 def isolated_command(
     argv: list[str],
     *,
     bwrap: str | None = None,
     workdir_bytes: int = 64 << 20,
+    seccomp: int | None = None,
 ) -> list[str]:
     """``argv`` wrapped in bwrap (see the module docstring for what the run gets).
 
-    The command starts with ``/`` as its working directory; the harness changes to
+    ``seccomp`` is an fd from :func:`seccomp_fd` that the child inherits. The command
+    starts with ``/`` as its working directory; the harness changes to
     :data:`SANDBOX_WORKDIR` itself (a root-owned start cannot enter a directory of the
     unprivileged uid once bwrap dropped its capabilities).
     """
@@ -230,7 +266,14 @@ def isolated_command(
             command += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             command += ["--ro-bind", top, top]
-    for root in _read_only_roots():
+    roots = _read_only_roots()
+    # bwrap would create the parents of a bind target as 0700 root directories, which the
+    # unprivileged uid cannot traverse (the interpreter would silently fall back to a
+    # system Python): create them readable first.
+    for parent in sorted({p for root in roots for p in _parents(root + "/x")} - {"/usr"}, key=len):
+        if not any(parent == r or parent.startswith(r + "/") for r in roots):
+            command += ["--perms", "0755", "--dir", parent]
+    for root in roots:
         command += ["--ro-bind", root, root]
     command += [
         "--proc",
@@ -249,6 +292,8 @@ def isolated_command(
         "--chdir",
         "/",
     ]
+    if seccomp is not None:
+        command += ["--seccomp", str(seccomp)]
     if setpriv:
         uid = secrets.randbelow(_UID_RANGE[1] - _UID_RANGE[0]) + _UID_RANGE[0]
         command += [

@@ -48,6 +48,7 @@ from bestroute_lc.isolation import (
     IsolationUnavailableError,
     isolated_command,
     require_isolation,
+    seccomp_fd,
 )
 
 __all__ = [
@@ -62,7 +63,7 @@ __all__ = [
     "run_tests_in_sandbox",
 ]
 
-from bestroute_lc.isolation import isolation_status  # noqa: E402  (re-exported)
+from bestroute_lc.isolation import isolation_status
 
 _IS_POSIX = os.name == "posix"
 
@@ -253,9 +254,13 @@ class _Child:
         name: str,
     ) -> None:
         self.nonce = secrets.token_hex(16)
+        filter_fd = None
         if isolated:
             workdir = SANDBOX_WORKDIR
-            argv = isolated_command([sys.executable, "-I", "-c", _child_source()], workdir_bytes=limits.workdir_bytes)
+            filter_fd = seccomp_fd()
+            argv = isolated_command(
+                [sys.executable, "-I", "-c", _child_source()], workdir_bytes=limits.workdir_bytes, seccomp=filter_fd
+            )
             cwd = None
         else:
             host_workdir = scratch / f"{name}-work"
@@ -275,16 +280,21 @@ class _Child:
             popen_kwargs["start_new_session"] = True  # own process group, killable as one
         else:
             popen_kwargs["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
-        with self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=stdout,
-                stderr=err,
-                cwd=cwd,
-                env=_minimal_environment(workdir),
-                **popen_kwargs,
-            )
+        try:
+            with self.stderr_path.open("wb") as err:
+                self.proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.PIPE,
+                    stdout=stdout,
+                    stderr=err,
+                    cwd=cwd,
+                    env=_minimal_environment(workdir),
+                    pass_fds=() if filter_fd is None else (filter_fd,),
+                    **popen_kwargs,
+                )
+        finally:
+            if filter_fd is not None:
+                os.close(filter_fd)
         self.job_line = json.dumps(full_job).encode("utf-8") + b"\n"
 
     def kill(self) -> None:

@@ -31,6 +31,11 @@ class Reranker(ABC):
         """Async variant; the default runs :meth:`score` in a worker thread."""
         return await asyncio.to_thread(self.score, prompt, candidates)
 
+    def check_ready(self) -> None:
+        """Raise if this reranker cannot work on this machine at all (a missing isolation
+        layer, say). The engine calls it once, when it is built, so that a configuration
+        error surfaces at start-up rather than as a silent fallback on every call."""
+
 
 def argmax_first(scores: Sequence[float]) -> int:
     """Index of the highest score; the earliest one wins a tie (deterministic)."""

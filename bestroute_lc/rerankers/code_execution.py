@@ -49,6 +49,7 @@ import textwrap
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from bestroute_lc.isolation import IsolationUnavailableError, require_isolation
 from bestroute_lc.rerankers.base import Reranker
 from bestroute_lc.sandbox import (
     CodeChunk,
@@ -60,6 +61,7 @@ from bestroute_lc.sandbox import (
 
 __all__ = [
     "CodeExecutionReranker",
+    "IsolationUnavailableError",
     "build_candidate_program",
     "extract_candidate_code",
     "extract_examples",
@@ -694,6 +696,13 @@ class CodeExecutionReranker(Reranker):
             results = list(pool.map(self._run_one, programs, [examples] * len(programs)))
         logger.debug("code_execution: %d examples, passes %s", len(examples), [r.passed for r in results])
         return results
+
+    def check_ready(self) -> None:
+        """Fail closed at start-up: :class:`~bestroute_lc.isolation.IsolationUnavailableError`
+        unless the isolation layer works here or the caller opted out."""
+        require_isolation(self.allow_unisolated, what="model-written code (code-execution reranker)")
+        if self.tiebreaker is not None:
+            self.tiebreaker.check_ready()
 
     def _run_one(self, program: list[CodeChunk], examples: list[ExpressionCheck]) -> SandboxResult:
         return run_in_sandbox(program, examples, limits=self.limits, allow_unisolated=self.allow_unisolated)

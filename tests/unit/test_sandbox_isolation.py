@@ -13,7 +13,12 @@ import sys
 import pytest
 
 from bestroute_lc import _sandbox_child as child
-from bestroute_lc.isolation import BWRAP_ENV, IsolationUnavailableError, isolated_command, isolation_status
+from bestroute_lc.isolation import (
+    BWRAP_ENV,
+    IsolationUnavailableError,
+    isolated_command,
+    isolation_status,
+)
 from bestroute_lc.sandbox import (
     ExpressionCheck,
     SandboxLimits,

@@ -1,0 +1,1 @@
+"""Adversarial tests of the code-execution sandbox (model-written code trying to escape)."""
