@@ -61,6 +61,34 @@ class ArtifactConfig(BaseModel):
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
 
+class PolicyChoice(BaseModel):
+    """A routing policy for one target, as calibration chose it on validation data.
+
+    ``kind``:
+
+    * ``"router"``: Algorithm 1 on the router's p[k, n] at ``threshold``;
+    * ``"constant"``: always ``member`` with ``n`` samples (the router is not consulted);
+    * ``"verified"``: ``member`` with ``n`` samples, reranked; the pick is returned only if
+      ``verifier`` accepts it, else the call escalates through ``escalation`` (stages
+      ``(member, n)`` in order, the last one being the reference, which is final).
+
+    ``reason`` says why it won (e.g. "best validation quality at <= 40 % of the
+    reference's cost among 3 router thresholds, 24 constant and 24 verified policies"),
+    ``validation`` the metrics it won with.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["router", "constant", "verified"]
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    member: str | None = None
+    n: int | None = Field(default=None, ge=1)
+    verifier: str | None = None
+    escalation: list[tuple[str, int]] = Field(default_factory=list)
+    reason: str = ""
+    validation: dict[str, float] = Field(default_factory=dict)
+
+
 class RouterConfig(ArtifactConfig):
     kind: Literal["router"] = "router"
     #: Non-reference members in head order.
@@ -73,6 +101,9 @@ class RouterConfig(ArtifactConfig):
     prices: dict[str, Prices] = Field(default_factory=dict)
     #: Calibrated thresholds by target name, e.g. {"cost_reduction=0.4": 0.62}.
     thresholds: dict[str, float] = Field(default_factory=dict)
+    #: Calibrated policies by target name (same keys as ``thresholds``): which of router,
+    #: constant and verified policies won on validation, and why.
+    policies: dict[str, PolicyChoice] = Field(default_factory=dict)
 
 
 class RewardConfig(ArtifactConfig):
