@@ -53,9 +53,13 @@ class RewardPredictor(EncoderPredictor[RewardConfig], Reranker):
         *,
         pooling: str = "mean",
         max_length: int | None = None,
+        seed: int | None = None,
         **kwargs: Any,
     ) -> RewardPredictor:
-        """A new (untrained) reward model on a local pretrained encoder, or an (encoder, tokenizer) pair."""
+        """A new (untrained) reward model on a local pretrained encoder, or an (encoder, tokenizer) pair.
+
+        ``seed`` fixes the initial weights of the new heads (training sets its seed only later).
+        """
         encoder, tokenizer = load_backbone(backbone) if not isinstance(backbone, tuple) else backbone
         config = RewardConfig(
             backbone=str(backbone if not isinstance(backbone, tuple) else encoder.config.name_or_path or "in-memory"),
@@ -64,6 +68,8 @@ class RewardPredictor(EncoderPredictor[RewardConfig], Reranker):
             max_length=max_length or min(int(getattr(tokenizer, "model_max_length", 512)), 512),
             tokenizer=tokenizer_info(tokenizer),
         )
+        if seed is not None:  # the new heads' initial weights: one seed, one model
+            torch.manual_seed(seed)
         return cls(cls.build_module(encoder, config), tokenizer, config, **kwargs)
 
     def forward_items(self, items: list[tuple[str, str]]) -> list[float]:

@@ -63,9 +63,13 @@ class RouterPredictor(EncoderPredictor[RouterConfig]):
         max_n: int,
         pooling: str = "mean",
         max_length: int | None = None,
+        seed: int | None = None,
         **kwargs: Any,
     ) -> RouterPredictor:
-        """A new (untrained) router on a local pretrained encoder, or an (encoder, tokenizer) pair."""
+        """A new (untrained) router on a local pretrained encoder, or an (encoder, tokenizer) pair.
+
+        ``seed`` fixes the initial weights of the new heads (training sets its seed only later).
+        """
         encoder, tokenizer = load_backbone(backbone) if not isinstance(backbone, tuple) else backbone
         if reference in members:
             raise ValueError(f"the reference {reference!r} must not be one of the routed members")
@@ -79,6 +83,8 @@ class RouterPredictor(EncoderPredictor[RouterConfig]):
             reference=reference,
             max_n=max_n,
         )
+        if seed is not None:  # the new heads' initial weights: one seed, one model
+            torch.manual_seed(seed)
         return cls(cls.build_module(encoder, config), tokenizer, config, **kwargs)
 
     def encode(self, conversations: Sequence[RenderedConversation]) -> Any:

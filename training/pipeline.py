@@ -181,7 +181,9 @@ def router_inputs(config: TrainConfig) -> str:
 def stage_reward(config: TrainConfig, progress: bool = True, overwrite: bool = False) -> Path:
     _refuse_overwrite(config.reward_dir, overwrite)
     _, data, split = load_data(config)
-    predictor = RewardPredictor.from_backbone(config.backbone or default_backbone(), max_length=config.max_length)
+    predictor = RewardPredictor.from_backbone(
+        config.backbone or default_backbone(), max_length=config.max_length, seed=config.reward.seed
+    )
     train_reward_model(predictor, data, split.train, split.validation, config.reward, progress=progress)
     predictor.config.training.update(
         {"split": split.summary(), "data_fingerprint": reward_inputs(config), "scorer": config.scorer}
@@ -261,6 +263,7 @@ def stage_router(config: TrainConfig, progress: bool = True, overwrite: bool = F
         reference=config.pool.reference,
         max_n=config.max_n,
         max_length=config.max_length,
+        seed=config.router.seed,
     )
     train = router_examples(data, labels, split.train)
     validation = router_examples(data, labels, split.validation)

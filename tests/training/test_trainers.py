@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+from langchain_core.messages import HumanMessage
 import pytest
 
 from bestroute_lc.conversation import render_conversation
-from tests.helpers import tiny_reward_model, tiny_router
+from bestroute_lc.router import RouterPredictor
+from tests.helpers import tiny_encoder, tiny_reward_model, tiny_router
 from training.dataset import MemberSamples, PromptData, average_output_tokens
 from training.loop import FitConfig
 from training.records import PromptRecord
@@ -113,3 +115,29 @@ def test_holdout_sources_go_entirely_to_test() -> None:
     assert all(pid.startswith("a") for pid in split.train + split.validation)
     assert sorted(pid for pid in split.test if pid.startswith("b")) == sorted(f"b{i}" for i in range(10))
     assert split.summary()["holdout_sources"] == ["b"]
+
+
+def test_new_heads_and_training_are_reproducible_from_the_seed() -> None:
+    """One seed, one model: the heads created before training are seeded too (they used to
+    take whatever state the global RNG was in)."""
+    import torch
+
+    def trained(seed: int, unrelated_draws: int) -> list[float]:
+        backbone = tiny_encoder()
+        torch.rand(unrelated_draws)  # RNG use between loading a backbone and building heads must not matter
+        predictor = RouterPredictor.from_backbone(backbone, members=["small"], reference="big", max_n=3, max_length=128, seed=seed)
+        data = synthetic_data(12)
+        labels = {pid: np.full((1, 3), 0.8 if int(pid[1:]) % 2 else 0.2) for pid in data}
+        ids = sorted(data)
+        train_router(
+            predictor,
+            router_examples(data, labels, ids[:8]),
+            router_examples(data, labels, ids[8:]),
+            FitConfig(epochs=2, batch_size=4, seed=seed),
+            progress=False,
+        )
+        return predictor.predict(render_conversation([HumanMessage("question 3: is it hard?")]))["small"]
+
+    first, again, other = trained(3, 1), trained(3, 7), trained(4, 1)
+    assert first == again
+    assert first != other
