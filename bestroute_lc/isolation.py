@@ -286,12 +286,13 @@ def isolated_command(
         "01777",
         "--tmpfs",
         SANDBOX_WORKDIR,
-        "--symlink",
-        SANDBOX_WORKDIR,
-        "/tmp",
-        "--chdir",
-        "/",
     ]
+    # /tmp points at the private tmpfs, unless the interpreter itself lives under /tmp
+    # (a checkout there): then /tmp is a read-only parent directory, and $TMPDIR still
+    # points at the tmpfs.
+    if not any(root == "/tmp" or root.startswith("/tmp/") for root in roots):
+        command += ["--symlink", SANDBOX_WORKDIR, "/tmp"]
+    command += ["--chdir", "/"]
     if seccomp is not None:
         command += ["--seccomp", str(seccomp)]
     if setpriv:

@@ -77,6 +77,9 @@ _MAX_TIEBREAK = 1.0 - 1e-9
 _PYTHON_FENCE_LANGUAGES = {"", "python", "py", "python3", "py3", "ipython", "pycon"}
 _FENCE_RE = re.compile(r"```[ \t]*([\w+.#-]*)[^\n]*\n(.*?)(?:\n[ \t]*```|\Z)", re.DOTALL)
 _CODE_START_RE = re.compile(r"^(?:def |async def |class |import |from \S+ import |@)")
+# The engine renders a conversation as "user: <text>" turns (bestroute_lc.conversation);
+# a prompt's first code line (often an import) then starts after such a role prefix.
+_ROLE_PREFIX_RE = re.compile(r"^(?:user|system|assistant|tool\[[^\]\n]*\]): ")
 _NOT_EXAMPLE_NAMES = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | {"print"}
 
 
@@ -219,10 +222,17 @@ def _fenced_blocks(text: str) -> list[str]:
     return blocks
 
 
+def _without_role_prefix(line: str) -> str:
+    """``line`` without a leading ``"user: "``-style prefix when code starts right after it
+    (an annotated variable such as ``user: int = 1`` stays as it is)."""
+    stripped = _ROLE_PREFIX_RE.sub("", line, count=1)
+    return stripped if stripped is not line and _CODE_START_RE.match(stripped) else line
+
+
 def _code_region(text: str, max_lines: int = 400) -> str | None:
     """The longest parseable stretch of ``text`` that starts at a top-level ``def``,
     ``class``, ``import`` or decorator line (code pasted between prose, no fences)."""
-    lines = text.splitlines()[:max_lines]
+    lines = [_without_role_prefix(line) for line in text.splitlines()[:max_lines]]
     starts = [i for i, line in enumerate(lines) if _CODE_START_RE.match(line)]
     for start in starts[:5]:
         for end in range(len(lines), start, -1):
@@ -237,6 +247,8 @@ def extract_prompt_code(prompt: str) -> str | None:
 
     Tried in order: the fenced code blocks that parse, the whole prompt if it parses,
     else the longest parseable stretch starting at a top-level ``def``/``import`` line.
+    A role prefix such as ``"user: "`` (the rendered conversation the engine passes)
+    does not hide the line it starts.
     """
     blocks = [b for b in _fenced_blocks(prompt) if _parse(b) is not None]
     if blocks:

@@ -285,3 +285,22 @@ def test_tiebreaker_length_mismatch_is_an_error():
 
 def test_reranker_name():
     assert CodeExecutionReranker.name == "code_execution"
+
+
+def test_a_rendered_conversation_keeps_the_prompts_first_line_import():
+    """The engine hands the reranker "user: <prompt>": the import on the prompt's first
+    line must not be lost (function-body answers would fail with NameError)."""
+    prompt = (
+        "from typing import List\n\n\n"
+        "def total(numbers: List[int]) -> int:\n"
+        '    """ Sum of the numbers.\n'
+        "    >>> total([1, 2])\n"
+        "    3\n"
+        '    """\n'
+    )
+    rendered = "user: " + prompt
+    assert extract_prompt_code(rendered).startswith("from typing import List")
+    body = "    return sum(numbers)\n"
+    assert CodeExecutionReranker().score(rendered, [body]) == [1.0]
+    # An annotated variable named like a role is code, not a prefix.
+    assert extract_prompt_code("user: int = 1\ndef f():\n    return user\n").startswith("user: int = 1")

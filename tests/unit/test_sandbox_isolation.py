@@ -243,3 +243,16 @@ def test_opting_out_runs_unisolated_and_warns_every_time(monkeypatch, caplog):
             assert result.passed == 1
     warnings = [r for r in caplog.records if "WITHOUT isolation" in r.getMessage()]
     assert len(warnings) == 2
+
+
+def test_an_interpreter_under_tmp_keeps_tmp_as_a_read_only_parent(monkeypatch):
+    """A checkout under /tmp (CI clones there, for one) must not clash with the /tmp symlink."""
+    from bestroute_lc import isolation
+
+    monkeypatch.setattr(isolation, "_read_only_roots", lambda: ["/tmp/checkout/.venv", "/opt/python"])
+    command = isolation.isolated_command(["python"], bwrap="bwrap")
+    assert "/tmp" not in [command[i + 2] for i, part in enumerate(command) if part == "--symlink"]
+    assert ["--perms", "0755", "--dir", "/tmp"] == command[command.index("/tmp") - 3 : command.index("/tmp") + 1]
+    monkeypatch.setattr(isolation, "_read_only_roots", lambda: ["/opt/python"])
+    command = isolation.isolated_command(["python"], bwrap="bwrap")
+    assert ["--symlink", isolation.SANDBOX_WORKDIR, "/tmp"] == command[command.index("/tmp") - 2 : command.index("/tmp") + 1]
