@@ -89,6 +89,27 @@ class PolicyChoice(BaseModel):
     validation: dict[str, float] = Field(default_factory=dict)
 
 
+class HeadCalibration(BaseModel):
+    """Post-hoc calibration of the router's K x N heads, fitted on held-out prompts.
+
+    ``p[k, n] = weight * sigmoid(scale[k][n] * logit[k, n] + shift[k][n]) + (1 - weight) * prior[k][n]``:
+    per-head Platt scaling (so probabilities are comparable across members and n, as
+    Algorithm 1's single threshold assumes), shrunk toward each head's training-label
+    mean. ``weight = 0`` makes every p a constant, so Algorithm 1 becomes a fixed policy:
+    with no signal in the prompts the router falls back to the best constant choice
+    instead of acting on noise.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    scale: list[list[float]]
+    shift: list[list[float]]
+    prior: list[list[float]]
+    weight: float = Field(ge=0.0, le=1.0)
+    #: How the weight was chosen and what it achieved (validation losses...).
+    fit: dict[str, Any] = Field(default_factory=dict)
+
+
 class RouterConfig(ArtifactConfig):
     kind: Literal["router"] = "router"
     #: Non-reference members in head order.
@@ -104,6 +125,8 @@ class RouterConfig(ArtifactConfig):
     #: Calibrated policies by target name (same keys as ``thresholds``): which of router,
     #: constant and verified policies won on validation, and why.
     policies: dict[str, PolicyChoice] = Field(default_factory=dict)
+    #: Calibration of the heads' probabilities (None: raw sigmoid of the heads).
+    head_calibration: HeadCalibration | None = None
 
 
 class RewardConfig(ArtifactConfig):

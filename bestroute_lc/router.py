@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bestroute_lc.artifacts import RouterConfig, tokenizer_info
+from bestroute_lc.artifacts import HeadCalibration, RouterConfig, tokenizer_info
 from bestroute_lc.conversation import RenderedConversation
 from bestroute_lc.encoders import EncoderPredictor, encoder_forward, load_backbone
 from bestroute_lc.encoding import encode_conversations
@@ -37,6 +37,16 @@ class MultiHeadRouter(nn.Module):
         """Logits of shape [batch, K, N]; ``torch.sigmoid`` gives the match probabilities."""
         pooled = self.dropout(encoder_forward(self.encoder, batch, self.pooling))
         return self.heads(pooled).view(-1, self.num_members, self.max_n)
+
+
+def calibrated_probabilities(logits: np.ndarray, calibration: HeadCalibration | None) -> np.ndarray:
+    """[batch, K, N] logits -> match probabilities, through the heads' calibration if any."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if calibration is None:
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+    scale, shift, prior = (np.asarray(x, dtype=np.float64) for x in (calibration.scale, calibration.shift, calibration.prior))
+    platt = 1.0 / (1.0 + np.exp(-(scale * logits + shift)))
+    return (calibration.weight * platt + (1.0 - calibration.weight) * prior).astype(np.float32)
 
 
 class RouterPredictor(EncoderPredictor[RouterConfig]):
@@ -91,8 +101,8 @@ class RouterPredictor(EncoderPredictor[RouterConfig]):
         return encode_conversations(self.tokenizer, conversations, self.config.max_length)
 
     def forward_items(self, items: list[RenderedConversation]) -> list[np.ndarray]:
-        logits = self.module(**self.to_device(self.encode(items)))
-        return list(torch.sigmoid(logits).float().cpu().numpy())
+        logits = self.module(**self.to_device(self.encode(items))).float().cpu().numpy()
+        return list(calibrated_probabilities(logits, self.config.head_calibration))
 
     def predict_batch(self, conversations: Sequence[RenderedConversation]) -> np.ndarray:
         """Match probabilities [batch, K, N] for a batch, in one call (no batcher)."""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from bestroute_lc.artifacts import HeadCalibration
 from bestroute_lc.conversation import RenderedConversation, render_conversation
 from bestroute_lc.encoding import encode_conversations
 from bestroute_lc.router import RouterPredictor
@@ -80,6 +81,146 @@ def mean_spearman(predicted: np.ndarray, target: np.ndarray) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+# -- head calibration and shrinkage ---------------------------------------------------------------
+
+#: Shrinkage weights tried (0: every head predicts its training prior, a fixed policy).
+CALIBRATION_WEIGHTS = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))
+#: Fewer held-out prompts than this: no calibration is fitted (too little to fit anything).
+MIN_CALIBRATION_PROMPTS = 8
+
+
+def _bce(p: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def fit_platt(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    regularization: float = 1.0,
+    prior: np.ndarray | None = None,
+    iterations: int = 30,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-head Platt scaling on soft labels: (scale, shift) [K, N] with
+    ``p = sigmoid(scale * z + shift)``, fitted by Newton's method on every head at once.
+
+    The logits are standardised per head first (a barely trained head has logits in a
+    narrow band that still rank the prompts), and the fit minimises
+    ``sum BCE + regularization * (a^2 + (b - logit(prior))^2)`` in standardised units: a
+    head with few or uninformative prompts stays near its prior (slope 0).
+    """
+    z, y = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    mean, std = z.mean(0), np.maximum(z.std(0), 1e-6)
+    x = (z - mean) / std
+    anchor = _logit(np.asarray(prior, dtype=np.float64)) if prior is not None else np.zeros(z.shape[1:])
+    a, b = np.zeros(z.shape[1:]), anchor.copy()
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(a * x + b)))
+        residual, weight = p - y, p * (1 - p)
+        g_a = (residual * x).sum(0) + 2 * regularization * a
+        g_b = residual.sum(0) + 2 * regularization * (b - anchor)
+        h_aa = (weight * x * x).sum(0) + 2 * regularization
+        h_ab = (weight * x).sum(0)
+        h_bb = weight.sum(0) + 2 * regularization
+        det = h_aa * h_bb - h_ab * h_ab
+        a = a - (h_bb * g_a - h_ab * g_b) / det
+        b = b - (h_aa * g_b - h_ab * g_a) / det
+    return a / std, b - a * mean / std
+
+
+def fit_head_calibration(
+    train_labels: np.ndarray,
+    held_out_logits: np.ndarray,
+    held_out_labels: np.ndarray,
+    *,
+    folds: int = 5,
+    weights: tuple[float, ...] = CALIBRATION_WEIGHTS,
+    regularization: float = 1.0,
+    seed: int = 0,
+) -> HeadCalibration:
+    """Platt scaling per head plus shrinkage toward each head's prior (label mean).
+
+    The shrinkage weight is chosen by cross-fitting on the held-out prompts: for each
+    weight, Platt is fitted on all folds but one and the blended probabilities are scored
+    (soft-label BCE, a proper scoring rule) on the remaining fold. The most shrinkage
+    whose out-of-fold loss is within one standard error of the best wins (the
+    one-standard-error rule: with few prompts, noise must not buy a learned router). The
+    final Platt parameters are then fitted on every held-out prompt.
+    """
+    z, y = np.asarray(held_out_logits, dtype=np.float64), np.asarray(held_out_labels, dtype=np.float64)
+    # The prior is each head's base rate over every labelled prompt: a better base rate
+    # must not be mistaken for signal in the heads.
+    prior = np.concatenate([np.asarray(train_labels, dtype=np.float64), y]).mean(axis=0)
+    count = len(z)
+    folds = max(2, min(folds, count))
+    order = np.random.default_rng(seed).permutation(count)
+    per_prompt = {w: np.zeros(count) for w in weights}  # out-of-fold BCE of each prompt
+    for fold in range(folds):
+        test = order[fold::folds]
+        train = np.setdiff1d(order, test)
+        scale, shift = fit_platt(z[train], y[train], regularization, prior)
+        platt = 1.0 / (1.0 + np.exp(-(scale * z[test] + shift)))
+        for w in weights:
+            blended = np.clip(w * platt + (1 - w) * prior, 1e-6, 1 - 1e-6)
+            losses = -(y[test] * np.log(blended) + (1 - y[test]) * np.log(1 - blended))
+            per_prompt[w][test] = losses.reshape(len(test), -1).mean(axis=1)
+    mean_loss = {w: float(per_prompt[w].mean()) for w in weights}
+    # One-standard-error rule: the most shrinkage whose loss is within one standard error
+    # (of the paired per-prompt difference) of the best; noise rarely beats the prior by that.
+    best_weight = min(weights, key=lambda w: mean_loss[w])
+    def within_one_se(w: float) -> bool:
+        diff = per_prompt[w] - per_prompt[best_weight]
+        return diff.mean() <= diff.std(ddof=1) / np.sqrt(count) if count > 1 else w == best_weight
+    best = min(w for w in weights if within_one_se(w))
+    losses = mean_loss
+    scale, shift = fit_platt(z, y, regularization, prior)
+    raw = 1.0 / (1.0 + np.exp(-z))
+    return HeadCalibration(
+        scale=scale.tolist(),
+        shift=shift.tolist(),
+        prior=prior.tolist(),
+        weight=float(best),
+        fit={
+            "method": f"Platt per head on standardised logits (L2 {regularization} toward the prior) + shrinkage to the "
+            "training prior, "
+            f"weight by {folds}-fold cross-fitted BCE on {count} held-out prompts",
+            "held_out_prompts": count,
+            "raw_bce": _bce(raw, y),
+            "prior_bce": _bce(np.broadcast_to(prior, y.shape), y),
+            "oof_bce_by_weight": {str(w): losses[w] for w in weights},
+        },
+    )
+
+
+def head_logits(predictor: RouterPredictor, examples: list[RouterExample], batch_size: int = 32) -> np.ndarray:
+    """Raw head logits [Q, K, N] (before any calibration)."""
+    out = []
+    predictor.module.eval()
+    with torch.inference_mode():
+        for start in range(0, len(examples), batch_size):
+            batch = predictor.encode([e.conversation for e in examples[start : start + batch_size]])
+            out.append(predictor.module(**predictor.to_device(batch)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(predictor.config.members), predictor.config.max_n))
+
+
+def calibrate_router(predictor: RouterPredictor, train: list[RouterExample], held_out: list[RouterExample], *, seed: int = 0) -> HeadCalibration | None:
+    """Fit and store :class:`HeadCalibration` on ``held_out`` prompts (never seen in
+    training); ``None`` (and nothing stored) when there are too few of them."""
+    if len(held_out) < MIN_CALIBRATION_PROMPTS or not train:
+        predictor.config.head_calibration = None
+        return None
+    calibration = fit_head_calibration(
+        np.stack([e.labels for e in train]), head_logits(predictor, held_out), np.stack([e.labels for e in held_out]), seed=seed
+    )
+    predictor.config.head_calibration = calibration
+    return calibration
+
+
 def train_router(
     predictor: RouterPredictor,
     train: list[RouterExample],
@@ -88,7 +229,13 @@ def train_router(
     *,
     metric: str = "spearman",
     progress: bool = True,
+    calibrate: bool = True,
 ) -> FitResult:
+    """Train the heads (and encoder), select the best epoch on ``validation``, then (with
+    ``calibrate``) fit :func:`calibrate_router` on the same validation prompts: Platt
+    scaling per head and shrinkage toward the training prior, so that p[k, n] is
+    comparable across heads and a router with nothing to learn behaves as a fixed policy.
+    """
     if metric not in {"spearman", "loss"}:
         raise ValueError("metric must be 'spearman' or 'loss'")
     validation = validation or train
@@ -119,9 +266,11 @@ def train_router(
         # Higher is better for the loop; an undefined rho falls back to the loss.
         return {"val_loss": loss, "neg_val_loss": -loss, "val_spearman": rho, "selection": -loss if metric == "loss" or np.isnan(rho) else rho}
 
+    predictor.config.head_calibration = None  # training and selection see the raw heads
     result = fit(predictor.module, train, collate, loss_fn, evaluate, "selection", config, description="router", progress=progress)
     predictor.module.to(predictor.device).eval()
     best = result.history[result.best_epoch - 1]
+    calibration = calibrate_router(predictor, train, validation if validation is not train else [], seed=config.seed) if calibrate else None
     predictor.config.training.update(
         {
             "objective": "soft-label binary cross entropy over K x N heads",
@@ -133,6 +282,7 @@ def train_router(
             "val_loss": best["val_loss"],
             "history": result.history,
             "fit": config.model_dump(),
+            "head_calibration_weight": None if calibration is None else calibration.weight,
         }
     )
     return result
