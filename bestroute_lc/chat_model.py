@@ -42,6 +42,7 @@ from langchain_core.utils.function_calling import (
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from bestroute_lc.artifacts import PolicyChoice
 from bestroute_lc.engine import BestRouteEngine, RouteResult
 from bestroute_lc.policy import validate_threshold
 from bestroute_lc.pool import Pool
@@ -49,6 +50,7 @@ from bestroute_lc.rerankers.base import Reranker
 from bestroute_lc.reward import RewardPredictor
 from bestroute_lc.router import RouterPredictor
 from bestroute_lc.sync_bridge import iterate_sync, run_sync
+from bestroute_lc.verifiers import Verifier, verifier_from_name
 
 #: Name of the custom callback event that carries each routing decision.
 DECISION_EVENT = "bestroute_decision"
@@ -112,6 +114,19 @@ class BestRouteChatModel(BaseChatModel):
     #: Spend cap in USD for this model object: once the calls' billed cost reaches it,
     #: every call goes to the cheapest member with n = 1 and the decision's reason is "budget".
     spend_cap_usd: float | None = None
+    #: A calibrated routing policy (``bestroute_lc.artifacts.PolicyChoice``): ``router``
+    #: (Algorithm 1 at its threshold), ``constant`` (always its member with n samples) or
+    #: ``verified`` (its member with n samples, verified, then its escalation stages).
+    #: None: Algorithm 1 at ``threshold``. ``from_pretrained(..., target_*=...)`` sets it
+    #: from the router artifact when calibration stored a policy for that target.
+    policy: PolicyChoice | None = None
+    #: Verifies the reranked pick of every option but the reference; a rejected pick
+    #: escalates (README, "Verified escalation"). None: the policy's named verifier, if any.
+    verifier: Verifier | None = None
+    #: Escalation stages, (member, n) in order, tried after a rejected pick; the reference
+    #: with n = 1 closes them. None: the policy's stages, else the next valid option of a
+    #: more expensive member, then the reference.
+    escalation: list[tuple[str, int]] | None = None
     temperature: float | None = None
     max_tokens: int | None = None
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
@@ -127,7 +142,21 @@ class BestRouteChatModel(BaseChatModel):
     def _build_engine(self) -> BestRouteChatModel:
         if self.model is not None:
             self.pool[self.model]  # unknown member -> ValueError naming the members
-        self._engine = BestRouteEngine(self.pool, self.router, self.reranker, self.spend_cap_usd)
+        policy = self.policy
+        if policy is not None:
+            if policy.kind == "router" and policy.threshold is not None and "threshold" not in self.model_fields_set:
+                self.threshold = validate_threshold(policy.threshold)
+            if self.verifier is None and policy.verifier:
+                self.verifier = verifier_from_name(policy.verifier)
+        self._engine = BestRouteEngine(
+            self.pool,
+            self.router,
+            self.reranker,
+            self.spend_cap_usd,
+            verifier=self.verifier,
+            policy=policy,
+            escalation=self.escalation,
+        )
         return self
 
     @classmethod
@@ -139,6 +168,7 @@ class BestRouteChatModel(BaseChatModel):
         pool: Pool,
         reranker: Reranker | None = None,
         device: str | None = None,
+        target: str | None = None,
         target_cost_reduction: float | None = None,
         target_max_quality_drop: float | None = None,
         target_reference_share: float | None = None,
@@ -148,8 +178,12 @@ class BestRouteChatModel(BaseChatModel):
         """Load trained artifacts. The pool must be the one the router was trained for;
         members keep an explicitly set ``avg_output_tokens``, others take the router's.
 
-        ``target_*``: use the threshold calibrated for that target (``bestroute-train
-        calibrate``), e.g. ``target_cost_reduction=0.4``, instead of ``threshold=``.
+        ``target_*``: use what calibration (``bestroute-train calibrate``) stored for that
+        target, e.g. ``target_cost_reduction=0.4``, instead of ``threshold=``: the policy in
+        the artifact's ``policies`` when there is one (router, constant or verified; a
+        verified policy's verifier is built from its name unless ``verifier=`` is given),
+        else the calibrated threshold. ``target="cost_reduction=0.4"`` names the same key
+        directly.
         """
         router = RouterPredictor.from_pretrained(router_path, device=device)
         targets = {
@@ -158,16 +192,25 @@ class BestRouteChatModel(BaseChatModel):
             "reference_share": target_reference_share,
             "budget_per_1000": target_budget_per_1000,
         }
-        chosen = {k: v for k, v in targets.items() if v is not None}
-        if len(chosen) > 1 or (chosen and "threshold" in kwargs):
-            raise ValueError("give one of threshold= or a single target_*= argument")
-        if chosen:
-            ((kind, value),) = chosen.items()
-            key = f"{kind}={value:g}"
-            if key not in router.config.thresholds:
-                known = sorted(router.config.thresholds) or ["none: run bestroute-train calibrate"]
+        keys = [f"{kind}={value:g}" for kind, value in targets.items() if value is not None]
+        if target is not None:
+            keys.append(target)
+        if len(keys) > 1 or (keys and ("threshold" in kwargs or "policy" in kwargs)):
+            raise ValueError("give one of threshold=, policy= or a single target (target= or target_*=)")
+        if keys:
+            (key,) = keys
+            policies, thresholds = router.config.policies, router.config.thresholds
+            if key in policies:
+                policy = policies[key]
+                kwargs["policy"] = policy
+                threshold = policy.threshold if policy.threshold is not None else thresholds.get(key)
+                if policy.kind == "router" and threshold is not None:
+                    kwargs["threshold"] = threshold
+            elif key in thresholds:
+                kwargs["threshold"] = thresholds[key]
+            else:
+                known = sorted(set(thresholds) | set(policies)) or ["none: run bestroute-train calibrate"]
                 raise ValueError(f"{router_path} has no threshold calibrated for {key}; calibrated: {known}")
-            kwargs["threshold"] = router.config.thresholds[key]
         lengths = {
             m.name: router.config.avg_output_tokens[m.name]
             for m in pool
@@ -184,12 +227,17 @@ class BestRouteChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {
+        params: dict[str, Any] = {
             "members": self.pool.names,
             "reference": self.pool.reference,
             "threshold": self.threshold,
             "max_n": self.router.config.max_n,
         }
+        if self.policy is not None:
+            params["policy"] = self.policy.kind
+        if self.verifier is not None:
+            params["verifier"] = self.verifier.name
+        return params
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(

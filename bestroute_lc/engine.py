@@ -1,7 +1,8 @@
 """The engine: one BEST-Route call from messages to the chosen answer.
 
     messages -> validate -> router (micro-batched) -> policy.choose -> draw n samples
-             -> reranker (batched) -> chosen AIMessage + usage + cost + decision
+             -> reranker (batched) -> [verifier -> escalate if rejected]
+             -> chosen AIMessage + usage + cost + decision
 
 Framework adapters (LangChain, LlamaIndex) only translate to and from this module.
 
@@ -15,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -23,6 +24,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.messages.tool import tool_call_chunk
 
+from bestroute_lc.artifacts import PolicyChoice
 from bestroute_lc.conversation import (
     render_candidate,
     render_conversation,
@@ -30,12 +32,15 @@ from bestroute_lc.conversation import (
 )
 from bestroute_lc.isolation import IsolationUnavailableError
 from bestroute_lc.policy import (
+    ChainWalk,
     Decision,
     Option,
     cheapest,
     choose,
+    fixed,
     forced,
     validate_threshold,
+    with_stages,
 )
 from bestroute_lc.pool import Pool, check_pool_matches
 from bestroute_lc.rerankers.base import Reranker, argmax_first
@@ -48,6 +53,7 @@ from bestroute_lc.sampling import (
     stream_member,
     sum_usage,
 )
+from bestroute_lc.verifiers import Verdict, Verifier
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +70,40 @@ def approximate_tokens(text: str) -> int:
     the provider's reported usage.
     """
     return max(1, (len(text) + 3) // 4)
+
+
+@dataclass
+class Stage:
+    """One stage of a verified call: a (member, n) that answered, and the verdict on its pick."""
+
+    member: str
+    n: int
+    samples: int
+    #: True when the pick was returned (accepted, or the reference's final answer).
+    accepted: bool
+    #: The verifier's confidence in [0, 1]; None for the reference (final, not verified).
+    confidence: float | None
+    reason: str
+    #: Billed USD of this stage's requests.
+    cost_usd: float
+    #: Generation + rerank + verification seconds of this stage.
+    latency_s: float
+    verify_s: float = 0.0
+    verifiable: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "member": self.member,
+            "n": self.n,
+            "samples": self.samples,
+            "accepted": self.accepted,
+            "confidence": self.confidence,
+            "reason": self.reason,
+            "cost_usd": self.cost_usd,
+            "latency_s": self.latency_s,
+            "verify_s": self.verify_s,
+            "verifiable": self.verifiable,
+        }
 
 
 @dataclass
@@ -85,20 +125,24 @@ class RouteResult:
     reranker: str | None
     rerank_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Verified calls only (a verifier is configured and the call was routed): every stage
+    #: that answered, in order; None otherwise.
+    stages: list[Stage] | None = None
 
     @property
     def cost_usd(self) -> float:
-        """Billed USD of everything this call sent, failed attempts included."""
+        """Billed USD of everything this call sent, failed attempts and every stage included."""
         return self.input_cost_usd + self.output_cost_usd
 
     def metadata(self) -> dict[str, Any]:
         d = self.decision
-        return {
+        reason = self.extra.get("reason") or (d.reason if self.member == d.member and self.n == d.n else "fallback")
+        out = {
             "member": self.member,
             "n": self.n,
             "samples_received": len(self.candidates),
             "threshold": d.threshold,
-            "reason": d.reason if self.member == d.member and self.n == d.n else "fallback",
+            "reason": reason,
             "routed_member": d.member,
             "routed_n": d.n,
             "match_probabilities": self.match_probabilities,
@@ -115,22 +159,49 @@ class RouteResult:
             "latency_s": self.latency_s,
             **({"spent_usd": self.extra["spent_usd"]} if "spent_usd" in self.extra else {}),
         }
+        if "policy" in self.extra:
+            out["policy"] = self.extra["policy"]
+        if self.stages is not None:
+            out["verifier"] = self.extra.get("verifier")
+            out["stages"] = [s.as_dict() for s in self.stages]
+        return out
 
 
 @dataclass
 class _CallState:
-    """What one call has done so far: the decision, and every option tried."""
+    """What one call has done so far: the decision, the walk along its chain, every option tried."""
 
     decision: Decision
     table: dict[str, list[float]]
     routing_s: float
+    walk: ChainWalk
+    #: Whether this call's picks go through the verifier (None: no stages recorded).
+    stages: list[Stage] | None = None
     generation_s: float = 0.0
+    rerank_s: float = 0.0
+    verify_s: float = 0.0
     attempts: list[Attempt] = field(default_factory=list)
-    failed: set[str] = field(default_factory=set)
 
     def record(self, attempt: Attempt) -> None:
         self.attempts.append(attempt)
         self.generation_s += attempt.latency_s
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(a.cost_usd for a in self.attempts)
+
+
+@dataclass
+class _Pick:
+    """One option's samples and the reranker's pick among them."""
+
+    option: Option
+    attempt: Attempt
+    candidates: list[AIMessage]
+    index: int = 0
+    scores: list[float] | None = None
+    rerank_s: float = 0.0
+    rerank_error: str | None = None
 
 
 def to_chunk(message: AIMessage) -> AIMessageChunk:
@@ -167,40 +238,94 @@ class SpendGuard:
 
 
 class BestRouteEngine:
-    """Routes, samples, reranks. Thread-safe; one instance serves many concurrent calls."""
+    """Routes, samples, reranks, verifies. Thread-safe; one instance serves many concurrent calls.
+
+    ``policy``: a calibrated :class:`~bestroute_lc.artifacts.PolicyChoice`: ``router``
+    (Algorithm 1 at the call's threshold: today's behaviour), ``constant`` (always
+    ``member`` with ``n``; the router is not consulted) or ``verified`` (``member`` with
+    ``n``, then its escalation stages; needs a verifier). None: ``router``.
+
+    ``verifier``: when set, the reranked pick of every option but the reference is
+    verified; a rejection escalates along ``escalation`` stages ((member, n) pairs, in
+    order), the policy's stages, or by default the next valid option of a more expensive
+    member and finally the reference with n = 1, whose answer is final. Calls pinned to a
+    member (``member=``) or sent to the cheapest member by the spend cap are not verified.
+    """
 
     def __init__(
-        self, pool: Pool, router: RouterPredictor, reranker: Reranker | None, spend_cap_usd: float | None = None
+        self,
+        pool: Pool,
+        router: RouterPredictor,
+        reranker: Reranker | None,
+        spend_cap_usd: float | None = None,
+        *,
+        verifier: Verifier | None = None,
+        policy: PolicyChoice | None = None,
+        escalation: Sequence[tuple[str, int]] | None = None,
     ) -> None:
         check_pool_matches(router.config.members, router.config.reference, pool, "the router")
         if reranker is None and router.config.max_n > 1:
             raise ValueError("a reranker is required when the router can choose n > 1 (max_n > 1)")
+        stages = [(str(m), int(n)) for m, n in escalation] if escalation is not None else None
+        if stages is None and policy is not None and policy.escalation:
+            stages = [(str(m), int(n)) for m, n in policy.escalation]
+        fixed_options: list[tuple[str, int]] = list(stages or [])
+        if policy is not None and policy.kind in ("constant", "verified"):
+            if policy.member is None or policy.n is None:
+                raise ValueError(f"a {policy.kind!r} policy needs member and n, got {policy!r}")
+            fixed_options.append((policy.member, policy.n))
+            if policy.kind == "verified" and verifier is None:
+                raise ValueError(
+                    f"the verified policy needs a verifier ({policy.verifier or 'none named'}): pass verifier=..."
+                )
+        for member, n in fixed_options:
+            pool[member]  # unknown member -> ValueError naming the members
+            if n < 1:
+                raise ValueError(f"({member!r}, n={n}): n must be >= 1")
+            if n > 1 and reranker is None:
+                raise ValueError(f"a reranker is required for ({member!r}, n={n})")
         if reranker is not None:
             reranker.check_ready()  # e.g. code execution without its isolation layer: fail closed now
+        if verifier is not None:
+            verifier.check_ready()
         self.pool = pool
         self.router = router
         self.reranker = reranker
+        self.verifier = verifier
+        self.policy = policy
+        self.escalation: tuple[tuple[str, int], ...] | None = tuple(stages) if stages is not None else None
         self.spend = SpendGuard(spend_cap_usd)
 
     # -- decision ---------------------------------------------------------------------
     async def adecide(
         self, messages: Sequence[BaseMessage], threshold: float, member: str | None = None
     ) -> tuple[Decision, dict[str, list[float]], float]:
-        """Validate input, run the router and Algorithm 1. Returns (decision, p table, seconds)."""
+        """Validate input, run the router and the policy. Returns (decision, p table, seconds)."""
         validate_messages(messages, {m.name: m.accepts_content_types for m in self.pool})
         threshold = validate_threshold(threshold)
         conversation = render_conversation(messages)
         input_tokens = approximate_tokens(conversation.text)
         costs = self.pool.costs()
+        reference = self.pool.reference
         if member is not None:
             self.pool[member]  # raises ValueError naming the members
-            return forced(member, 1, costs, self.pool.reference, input_tokens, threshold), {}, 0.0
+            return forced(member, 1, costs, reference, input_tokens, threshold), {}, 0.0
         if self.spend.exhausted:
             return cheapest(costs, input_tokens, threshold), {}, 0.0
+        policy = self.policy
+        if policy is not None and policy.kind in ("constant", "verified"):
+            assert policy.member is not None and policy.n is not None
+            stages = (self.escalation or ()) if self.verifier is not None else ()
+            decision = fixed(
+                policy.member, policy.n, costs, reference, input_tokens, threshold, reason=policy.kind, stages=stages
+            )
+            return decision, {}, 0.0
         start = time.perf_counter()
         table = await self.router.apredict(conversation)
         table = {name: table[name] for name in self.pool.routed_names}
-        decision = choose(table, costs, self.pool.reference, input_tokens, threshold)
+        decision = choose(table, costs, reference, input_tokens, threshold)
+        if self.verifier is not None and self.escalation is not None:
+            decision = with_stages(decision, self.escalation, costs, reference, input_tokens)
         return decision, table, time.perf_counter() - start
 
     # -- reranking ----------------------------------------------------------------------
@@ -218,81 +343,256 @@ class BestRouteEngine:
             return 0, None, describe_error(exc)
         return argmax_first(scores), [float(s) for s in scores], None
 
+    # -- verification ---------------------------------------------------------------------
+    async def _averify(self, messages: Sequence[BaseMessage], pick: _Pick) -> Verdict:
+        """The verifier's verdict on a pick. A verifier that raises rejects (the call
+        escalates: safe, if dearer), except a missing isolation layer, which raises."""
+        assert self.verifier is not None
+        prompt = render_conversation(messages).text
+        candidates = [render_candidate(c) for c in pick.candidates]
+        try:
+            return await self.verifier.averify(
+                prompt,
+                candidates,
+                pick.index,
+                pick.scores,
+                member=pick.option.member,
+                reranker=self.reranker,
+            )
+        except IsolationUnavailableError:
+            raise  # fail closed, as for the reranker
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("bestroute: verifier failed (%s); treating the pick as rejected", describe_error(exc))
+            return Verdict(False, 0.0, f"verifier error: {describe_error(exc)}")
+
     # -- whole call -----------------------------------------------------------------------
     async def _start(
         self, messages: Sequence[BaseMessage], threshold: float, member: str | None
     ) -> _CallState:
         decision, table, routing_s = await self.adecide(messages, threshold, member)
-        return _CallState(decision=decision, table=table, routing_s=routing_s)
+        input_tokens = approximate_tokens(render_conversation(messages).text)
+        unit_costs = {name: c.estimate(1, input_tokens) for name, c in self.pool.costs().items()}
+        verified = self.verifier is not None and decision.reason not in ("forced", "budget")
+        return _CallState(
+            decision=decision,
+            table=table,
+            routing_s=routing_s,
+            walk=ChainWalk(decision, unit_costs, self.pool.reference),
+            stages=[] if verified else None,
+        )
 
-    def _options(self, state: _CallState) -> Iterator[Option]:
-        """The fallback chain, skipping members that already failed in this call."""
-        for option in state.decision.fallbacks:
-            if option.member not in state.failed:
-                yield option
+    def _verifies(self, state: _CallState, option: Option) -> bool:
+        return state.stages is not None and option.member != self.pool.reference
 
     def _raise_all_failed(self, state: _CallState) -> NoReturn:
-        self.spend.add(sum(a.cost_usd for a in state.attempts))  # failed calls can still be billed
+        self.spend.add(state.cost_usd)  # failed calls can still be billed
         detail = "; ".join(f"{a.member} (n={a.n}): {a.error or 'no usable sample'}" for a in state.attempts)
         raise BestRouteError(f"every pool option failed: {detail}")
 
-    def _finish(
-        self,
-        state: _CallState,
-        option: Option,
-        candidates: list[AIMessage],
-        chosen_index: int = 0,
-        scores: list[float] | None = None,
-        rerank_s: float = 0.0,
-        rerank_error: str | None = None,
-    ) -> RouteResult:
-        chosen = candidates[chosen_index]
+    def _cap_reached(self, state: _CallState) -> bool:
+        """Would escalating spend past the cap? (This call's cost so far counts.)"""
+        cap = self.spend.cap_usd
+        return cap is not None and self.spend.spent_usd + state.cost_usd >= cap
+
+    def _finish(self, state: _CallState, pick: _Pick, reason: str | None = None) -> RouteResult:
+        candidates = pick.candidates
+        chosen = candidates[pick.index]
         usage = sum_usage([a.usage for a in state.attempts])
         message = chosen.model_copy(deep=True)
         message.usage_metadata = usage
-        self.spend.add(sum(a.cost_usd for a in state.attempts))
+        self.spend.add(state.cost_usd)
+        latency = {"routing": state.routing_s, "generation": state.generation_s, "rerank": state.rerank_s}
+        if state.stages is not None:
+            latency["verify"] = state.verify_s
+        extra: dict[str, Any] = {"chosen_index": pick.index}
+        if self.spend.cap_usd is not None:
+            extra["spent_usd"] = self.spend.spent_usd
+        if reason is not None:
+            extra["reason"] = reason
+        if self.policy is not None:
+            extra["policy"] = self.policy.kind
+        if self.verifier is not None:
+            extra["verifier"] = self.verifier.name
         result = RouteResult(
             message=message,
             decision=state.decision,
             match_probabilities=state.table,
-            member=option.member,
-            n=option.n,
+            member=pick.option.member,
+            n=pick.option.n,
             candidates=candidates,
-            scores=scores,
+            scores=pick.scores,
             attempts=state.attempts,
             usage=usage,
             input_cost_usd=sum(a.input_cost_usd for a in state.attempts),
             output_cost_usd=sum(a.output_cost_usd for a in state.attempts),
-            latency_s={"routing": state.routing_s, "generation": state.generation_s, "rerank": rerank_s},
+            latency_s=latency,
             reranker=self.reranker.name if (self.reranker is not None and len(candidates) > 1) else None,
-            rerank_error=rerank_error,
-            extra={"chosen_index": chosen_index, **({"spent_usd": self.spend.spent_usd} if self.spend.cap_usd is not None else {})},
+            rerank_error=pick.rerank_error,
+            extra=extra,
+            stages=state.stages,
         )
         message.response_metadata = {
             **chosen.response_metadata,
-            "model_name": option.member,
+            "model_name": pick.option.member,
             "provider_model_name": chosen.response_metadata.get("model_name"),
             "bestroute": result.metadata(),
         }
         return result
 
-    async def _best_of_n(
+    async def _sample(
         self,
         state: _CallState,
         option: Option,
         messages: Sequence[BaseMessage],
         stop: list[str] | None,
         call_kwargs: dict[str, Any],
-    ) -> RouteResult | None:
+    ) -> _Pick | None:
         """Draw ``option.n`` samples and rerank them; None (member marked failed) if none came."""
         samples, attempt = await draw_samples(self.pool[option.member], option.n, messages, stop, call_kwargs)
         state.record(attempt)
         if not samples:
-            state.failed.add(option.member)
+            state.walk.fail(option.member)
             return None
         start = time.perf_counter()
         index, scores, rerank_error = await self.arerank(messages, samples)
-        return self._finish(state, option, samples, index, scores, time.perf_counter() - start, rerank_error)
+        rerank_s = time.perf_counter() - start
+        state.rerank_s += rerank_s
+        return _Pick(option, attempt, samples, index, scores, rerank_s, rerank_error)
+
+    def _final_stage(self, state: _CallState, pick: _Pick) -> None:
+        """Record the reference's answer (final, not verified) as a stage of a verified call."""
+        if state.stages is not None:
+            state.stages.append(
+                Stage(
+                    member=pick.option.member,
+                    n=pick.option.n,
+                    samples=len(pick.candidates),
+                    accepted=True,
+                    confidence=None,
+                    reason="reference: final, not verified",
+                    cost_usd=pick.attempt.cost_usd,
+                    latency_s=pick.attempt.latency_s + pick.rerank_s,
+                )
+            )
+
+    def _outcome_reason(self, state: _CallState) -> str | None:
+        return "escalated" if state.walk.rejected else None
+
+    async def _calls(
+        self,
+        messages: Sequence[BaseMessage],
+        threshold: float,
+        stop: list[str] | None,
+        member: str | None,
+        call_kwargs: dict[str, Any],
+        stream: bool,
+    ) -> AsyncIterator[AIMessageChunk | RouteResult]:
+        """The call, walking the chain: chunks (when streaming), then the ``RouteResult``."""
+        state = await self._start(messages, threshold, member)
+        rejected: _Pick | None = None
+        while (option := state.walk.next()) is not None:
+            verify = self._verifies(state, option)
+            if stream and option.n == 1 and not verify:
+                answered = False
+                async for item in self._pass_through(state, option, messages, stop, call_kwargs):
+                    answered = isinstance(item, RouteResult)
+                    yield item
+                if answered:
+                    return
+                continue  # failed before its first chunk
+            pick = await self._sample(state, option, messages, stop, call_kwargs)
+            if pick is None:
+                continue
+            if verify:
+                start = time.perf_counter()
+                verdict = await self._averify(messages, pick)
+                verify_s = time.perf_counter() - start
+                state.verify_s += verify_s
+                stage = Stage(
+                    member=option.member,
+                    n=option.n,
+                    samples=len(pick.candidates),
+                    accepted=verdict.accepted,
+                    confidence=verdict.confidence,
+                    reason=verdict.reason,
+                    cost_usd=pick.attempt.cost_usd,
+                    latency_s=pick.attempt.latency_s + pick.rerank_s + verify_s,
+                    verify_s=verify_s,
+                    verifiable=verdict.verifiable,
+                )
+                assert state.stages is not None
+                state.stages.append(stage)
+                if not verdict.accepted:
+                    state.walk.reject(option.member)
+                    rejected = pick
+                    if self._cap_reached(state):
+                        stage.reason += "; not escalated: spend cap reached"
+                        break
+                    continue
+            else:
+                self._final_stage(state, pick)
+            result = self._finish(state, pick, self._outcome_reason(state))
+            if stream:
+                yield self._whole_chunk(result)
+            yield result
+            return
+        if rejected is not None:
+            # Nothing after the rejected pick answered (or the cap stopped escalation): the
+            # last rejected pick is better than no answer; metadata says it was rejected.
+            result = self._finish(state, rejected, "unverified")
+            if stream:
+                yield self._whole_chunk(result)
+            yield result
+            return
+        self._raise_all_failed(state)
+
+    @staticmethod
+    def _whole_chunk(result: RouteResult) -> AIMessageChunk:
+        chunk = to_chunk(result.candidates[result.extra["chosen_index"]])
+        chunk.response_metadata = {}
+        return chunk
+
+    async def _pass_through(
+        self,
+        state: _CallState,
+        option: Option,
+        messages: Sequence[BaseMessage],
+        stop: list[str] | None,
+        call_kwargs: dict[str, Any],
+    ) -> AsyncIterator[AIMessageChunk | RouteResult]:
+        """Stream one member's tokens as they arrive, then the ``RouteResult``; nothing (and
+        the member marked failed) if it fails before its first chunk."""
+        pool_member = self.pool[option.member]
+        attempt = Attempt(member=option.member, n=1)
+        start = time.perf_counter()
+        collected: AIMessageChunk | None = None
+        usage: UsageMetadata | None = None
+        try:
+            async for chunk in stream_member(pool_member, messages, stop, call_kwargs):
+                if chunk.usage_metadata:
+                    usage = add_usage(usage, chunk.usage_metadata)
+                collected = chunk if collected is None else collected + chunk
+                yield chunk.model_copy(update={"usage_metadata": None, "chunk_position": None, "response_metadata": {}})
+        except NoFirstChunk as exc:
+            attempt.error = describe_error(exc.__cause__ or exc)
+        attempt.latency_s = time.perf_counter() - start
+        attempt.bill(usage, pool_member.prices)
+        state.record(attempt)
+        if collected is None:
+            state.walk.fail(option.member)
+            return
+        attempt.received = 1
+        final = AIMessage(
+            content=collected.content,
+            additional_kwargs=collected.additional_kwargs,
+            response_metadata=collected.response_metadata,
+            tool_calls=collected.tool_calls,
+            invalid_tool_calls=collected.invalid_tool_calls,
+            id=collected.id,
+        )
+        pick = _Pick(option, attempt, [final])
+        self._final_stage(state, pick)
+        yield self._finish(state, pick, self._outcome_reason(state))
 
     async def arun(
         self,
@@ -303,13 +603,13 @@ class BestRouteEngine:
         member: str | None = None,
         call_kwargs: dict[str, Any] | None = None,
     ) -> RouteResult:
-        """Route, sample with fallbacks, rerank."""
-        state = await self._start(messages, threshold, member)
-        for option in self._options(state):
-            result = await self._best_of_n(state, option, messages, stop, call_kwargs or {})
-            if result is not None:
-                return result
-        self._raise_all_failed(state)
+        """Route, sample with fallbacks, rerank, verify and escalate."""
+        result: RouteResult | None = None
+        async for item in self._calls(messages, threshold, stop, member, call_kwargs or {}, stream=False):
+            if isinstance(item, RouteResult):
+                result = item
+        assert result is not None, "a call ends with a result or raises"
+        return result
 
     async def astream(
         self,
@@ -324,51 +624,12 @@ class BestRouteEngine:
 
         With n = 1 the member's own chunks are passed through as they arrive (their usage
         is held back and reported once, on the final chunk). With n > 1 the samples are
-        drawn and reranked first and the chosen answer is yielded as one chunk. A member
-        that fails before its first chunk falls back like ``arun``; one that fails
+        drawn and reranked first and the chosen answer is yielded as one chunk. With a
+        verifier, an answer that must be verified is buffered too (tokens shown cannot be
+        taken back if the verifier rejects them) and yielded as one chunk after the
+        verdict; only the reference, whose answer is final, streams token by token. A
+        member that fails before its first chunk falls back like ``arun``; one that fails
         mid-stream raises, since tokens already shown cannot be taken back.
         """
-        call_kwargs = call_kwargs or {}
-        state = await self._start(messages, threshold, member)
-        for option in self._options(state):
-            if option.n > 1:
-                result = await self._best_of_n(state, option, messages, stop, call_kwargs)
-                if result is None:
-                    continue
-                chunk = to_chunk(result.candidates[result.extra["chosen_index"]])
-                chunk.response_metadata = {}
-                yield chunk
-                yield result
-                return
-            pool_member = self.pool[option.member]
-            attempt = Attempt(member=option.member, n=1)
-            start = time.perf_counter()
-            collected: AIMessageChunk | None = None
-            usage: UsageMetadata | None = None
-            try:
-                async for chunk in stream_member(pool_member, messages, stop, call_kwargs):
-                    if chunk.usage_metadata:
-                        usage = add_usage(usage, chunk.usage_metadata)
-                    collected = chunk if collected is None else collected + chunk
-                    yield chunk.model_copy(update={"usage_metadata": None, "chunk_position": None, "response_metadata": {}})
-            except NoFirstChunk as exc:
-                attempt.error = describe_error(exc.__cause__ or exc)
-            attempt.latency_s = time.perf_counter() - start
-            attempt.bill(usage, pool_member.prices)
-            state.record(attempt)
-            if collected is None:
-                state.failed.add(option.member)
-                continue
-            attempt.received = 1
-            final = AIMessage(
-                content=collected.content,
-                additional_kwargs=collected.additional_kwargs,
-                response_metadata=collected.response_metadata,
-                tool_calls=collected.tool_calls,
-                invalid_tool_calls=collected.invalid_tool_calls,
-                id=collected.id,
-            )
-            yield self._finish(state, option, [final])
-            return
-        self._raise_all_failed(state)
-
+        async for item in self._calls(messages, threshold, stop, member, call_kwargs or {}, stream=True):
+            yield item

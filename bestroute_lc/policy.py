@@ -16,6 +16,11 @@ answer), a threshold t and per-member cost parameters:
 
 The other valid options, in the same order, are kept as the fallback chain the engine
 walks when a provider fails; the reference with n = 1 always closes the chain.
+
+Calibrated policies other than Algorithm 1 (``constant``: always one (member, n);
+``verified``: one (member, n), then escalation stages) are built by :func:`fixed`.
+:class:`ChainWalk` walks a decision's chain: past a failed member on a provider failure,
+and to the next escalation stage when a verifier rejects the pick.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -63,11 +69,16 @@ class Decision:
     threshold: float
     estimated_cost_usd: float
     #: "router" (an option passed the threshold), "reference" (none did),
-    #: or "forced" (the caller named the member).
+    #: "forced" (the caller named the member), "budget" (spend cap reached),
+    #: "constant" or "verified" (a calibrated policy of that kind).
     reason: str
     #: Options to try in order: the chosen one first, then the other valid options by
-    #: cost, then the reference with n = 1.
+    #: cost (or the escalation stages), then the reference with n = 1.
     fallbacks: tuple[Option, ...] = field(default=())
+    #: Where a verifier's rejection leads (see :class:`ChainWalk`): "stronger" (the next
+    #: option of a more expensive member, then the reference) or "stages" (the next entry
+    #: of ``fallbacks``, in the order given).
+    escalation: Literal["stronger", "stages"] = "stronger"
 
 
 def validate_threshold(threshold: float) -> float:
@@ -154,3 +165,124 @@ def cheapest(costs: Mapping[str, MemberCosts], input_tokens: int, threshold: flo
         raise ValueError("no members to choose from")
     first = options[0]
     return Decision(first.member, 1, validate_threshold(threshold), first.estimated_cost_usd, "budget", tuple(options))
+
+
+def _reference_option(costs: Mapping[str, MemberCosts], reference: str, input_tokens: int) -> Option:
+    return Option(reference, 1, None, costs[reference].estimate(1, input_tokens))
+
+
+def _stage_chain(
+    first: Option,
+    stages: Sequence[tuple[str, int]],
+    costs: Mapping[str, MemberCosts],
+    reference: str,
+    input_tokens: int,
+) -> tuple[Option, ...]:
+    """``first``, then ``stages`` in order (repeats of an earlier (member, n) dropped),
+    closed by the reference with n = 1 unless the last stage already is the reference."""
+    chain = [first]
+    for member, n in stages:
+        if member not in costs:
+            raise ValueError(f"unknown pool member {member!r} in escalation stages; members: {sorted(costs)}")
+        if n < 1:
+            raise ValueError(f"escalation stage ({member!r}, {n}): n must be >= 1")
+        if any((o.member, o.n) == (member, n) for o in chain):
+            continue
+        chain.append(Option(member, n, None, costs[member].estimate(n, input_tokens)))
+    if chain[-1].member != reference:
+        chain.append(_reference_option(costs, reference, input_tokens))
+    return tuple(chain)
+
+
+def fixed(
+    member: str,
+    n: int,
+    costs: Mapping[str, MemberCosts],
+    reference: str,
+    input_tokens: int,
+    threshold: float,
+    *,
+    reason: Literal["constant", "verified"],
+    stages: Sequence[tuple[str, int]] = (),
+) -> Decision:
+    """A calibrated policy that does not consult the router: ``member`` with ``n`` samples,
+    then the escalation ``stages`` (verified policies), then the reference with n = 1."""
+    if member not in costs:
+        raise ValueError(f"unknown pool member {member!r}; members: {sorted(costs)}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    first = Option(member, n, None, costs[member].estimate(n, input_tokens))
+    chain = _stage_chain(first, stages, costs, reference, input_tokens)
+    return Decision(
+        member, n, validate_threshold(threshold), first.estimated_cost_usd, reason, chain, escalation="stages"
+    )
+
+
+def with_stages(
+    decision: Decision,
+    stages: Sequence[tuple[str, int]],
+    costs: Mapping[str, MemberCosts],
+    reference: str,
+    input_tokens: int,
+) -> Decision:
+    """``decision`` with explicit escalation stages after its chosen option (replacing the
+    other valid options as its fallbacks)."""
+    if not decision.fallbacks:
+        raise ValueError("the decision has no chosen option")
+    chain = _stage_chain(decision.fallbacks[0], stages, costs, reference, input_tokens)
+    return Decision(
+        decision.member,
+        decision.n,
+        decision.threshold,
+        decision.estimated_cost_usd,
+        decision.reason,
+        chain,
+        escalation="stages",
+    )
+
+
+class ChainWalk:
+    """Walks one call's ``decision.fallbacks``.
+
+    * :meth:`fail` (a provider returned nothing usable): every later option of that member
+      is skipped, as without verification.
+    * :meth:`reject` (the verifier turned the pick down): with ``escalation="stages"`` the
+      next entry is tried; with ``"stronger"``, the next *valid option of a member more
+      expensive* (estimated cost of one sample, ``unit_costs``) than every rejected one, and
+      after that one is rejected too, only the reference. The reference closes every chain
+      and its answer is final.
+    """
+
+    def __init__(self, decision: Decision, unit_costs: Mapping[str, float], reference: str) -> None:
+        self.decision = decision
+        self.unit_costs = unit_costs
+        self.reference = reference
+        self.failed: set[str] = set()
+        self.rejected: list[str] = []
+        self._index = -1
+
+    def fail(self, member: str) -> None:
+        self.failed.add(member)
+
+    def reject(self, member: str) -> None:
+        self.rejected.append(member)
+
+    def _allowed(self, option: Option) -> bool:
+        if option.member in self.failed:
+            return False
+        if not self.rejected or self.decision.escalation == "stages" or option.member == self.reference:
+            return True
+        if len(self.rejected) >= 2:
+            return False  # at most one stage between the first pick and the reference
+        floor = max(self.unit_costs.get(m, math.inf) for m in self.rejected)
+        return option.member not in self.rejected and self.unit_costs.get(option.member, -math.inf) > floor
+
+    def next(self) -> Option | None:
+        """The next option to try, or None when the chain is exhausted."""
+        chain = self.decision.fallbacks
+        for index in range(self._index + 1, len(chain)):
+            if self._allowed(chain[index]):
+                self._index = index
+                return chain[index]
+        self._index = len(chain)
+        return None
