@@ -131,6 +131,9 @@ class RouterConfig(ArtifactConfig):
 
 class RewardConfig(ArtifactConfig):
     kind: Literal["reward"] = "reward"
+    #: Pool members for whose samples the model's best-of-n pick did not beat a random pick
+    #: on validation prompts: the engine keeps their first sample instead of trusting it.
+    untrusted_members: list[str] = Field(default_factory=list)
 
 
 _CONFIG_CLASSES: dict[str, type[ArtifactConfig]] = {"router": RouterConfig, "reward": RewardConfig}

@@ -329,10 +329,16 @@ class BestRouteEngine:
         return decision, table, time.perf_counter() - start
 
     # -- reranking ----------------------------------------------------------------------
-    async def arerank(self, messages: Sequence[BaseMessage], candidates: list[AIMessage]) -> tuple[int, list[float] | None, str | None]:
+    async def arerank(
+        self, messages: Sequence[BaseMessage], candidates: list[AIMessage], member: str | None = None
+    ) -> tuple[int, list[float] | None, str | None]:
         """(index of the best candidate, scores, error). One candidate needs no reranker."""
         if len(candidates) == 1 or self.reranker is None:
             return 0, None, None
+        if not self.reranker.trusted_for(member):
+            # Samples arrive in no particular order: the first is a random pick, which this
+            # reranker did not beat on validation for this member.
+            return 0, None, f"skipped: {self.reranker.name} did not beat a random pick for {member!r} on validation"
         prompt = render_conversation(messages).text
         try:
             scores = await self.reranker.ascore(prompt, [render_candidate(c) for c in candidates])
@@ -454,7 +460,7 @@ class BestRouteEngine:
             state.walk.fail(option.member)
             return None
         start = time.perf_counter()
-        index, scores, rerank_error = await self.arerank(messages, samples)
+        index, scores, rerank_error = await self.arerank(messages, samples, option.member)
         rerank_s = time.perf_counter() - start
         state.rerank_s += rerank_s
         return _Pick(option, attempt, samples, index, scores, rerank_s, rerank_error)

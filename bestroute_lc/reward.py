@@ -46,6 +46,9 @@ class RewardPredictor(EncoderPredictor[RewardConfig], Reranker):
     def build_module(cls, encoder: nn.Module, config: RewardConfig) -> nn.Module:
         return RewardModel(encoder, config.pooling)
 
+    def trusted_for(self, member: str | None) -> bool:
+        return member not in self.config.untrusted_members
+
     @classmethod
     def from_backbone(
         cls,

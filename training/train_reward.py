@@ -93,6 +93,8 @@ def train_reward_model(
         description="reward model", progress=progress,
     )
     predictor.module.to(predictor.device).eval()
+    gains = pick_gain_by_member(predictor, data, validation_ids)
+    predictor.config.untrusted_members = sorted(m for m, g in gains.items() if not g["gain"] > 0)
     predictor.config.training.update(
         {
             "objective": "pairwise ranking (worst<median<best per prompt and member)",
@@ -102,7 +104,37 @@ def train_reward_model(
             "val_pair_accuracy": result.best_metric,
             "history": result.history,
             "fit": config.model_dump(),
+            "validation_pick_gain": gains,
         }
     )
     return result
+
+
+def pick_gain_by_member(predictor: RewardPredictor, data: dict[str, PromptData], prompt_ids: Iterable[str]) -> dict[str, dict[str, float]]:
+    """Per member: the expected ground truth of the reward model's best-of-n pick and of
+    a random pick, averaged over n = 2..m and the given prompts (exact, over every
+    n-subset; see ``training.labels.best_of_n_expectation``), and their difference.
+    A member whose gain is not positive gets its first sample at run time instead."""
+    from training.labels import best_of_n_expectation
+
+    totals: dict[str, list[float]] = {}
+    for prompt_id in prompt_ids:
+        entry = data[prompt_id]
+        prompt = render_conversation(entry.prompt.chat_messages()).text
+        for member, samples in entry.members.items():
+            m = len(samples.texts)
+            if m < 2:
+                continue
+            gt = np.asarray(samples.gt_scores, dtype=float)
+            ns = list(range(2, m + 1))
+            proxy = np.asarray(predictor.score(prompt, list(samples.texts)), dtype=float)
+            picked = float(np.mean(best_of_n_expectation(proxy, gt, ns)))
+            total = totals.setdefault(member, [0.0, 0.0, 0.0])
+            total[0] += picked
+            total[1] += float(gt.mean())
+            total[2] += 1
+    return {
+        member: {"proxy": p / c, "random": r / c, "gain": (p - r) / c, "prompts": c}
+        for member, (p, r, c) in totals.items()
+    }
 

@@ -31,6 +31,11 @@ class Reranker(ABC):
         """Async variant; the default runs :meth:`score` in a worker thread."""
         return await asyncio.to_thread(self.score, prompt, candidates)
 
+    def trusted_for(self, member: str | None) -> bool:
+        """Whether this reranker's pick among ``member``'s samples is worth more than a
+        random one (a learned reward model that lost to random on validation is not)."""
+        return True
+
     def check_ready(self) -> None:
         """Raise if this reranker cannot work on this machine at all (a missing isolation
         layer, say). The engine calls it once, when it is built, so that a configuration
