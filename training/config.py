@@ -54,6 +54,10 @@ class MemberSpec(BaseModel):
     n_billing: NBilling | None = None
     timeout_s: float = 60.0
     max_retries: int = 2
+    #: Samples drawn from this member per prompt by ``generate`` (default: the config's
+    #: ``samples_per_member``). The reference needs fewer: its samples only enter the labels
+    #: as the answer a best-of-n is compared with (averaged over them).
+    samples: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _complete(self) -> MemberSpec:
@@ -147,7 +151,16 @@ class TrainConfig(BaseModel):
         names = [m.name for m in self.pool.members]
         if self.pool.reference not in names:
             raise ValueError(f"reference {self.pool.reference!r} is not a pool member: {names}")
+        for member in self.pool.members:
+            if member.name != self.pool.reference and member.samples is not None and member.samples < self.max_n:
+                raise ValueError(
+                    f"member {member.name!r}: samples={member.samples} < max_n={self.max_n}: labels draw n of m without replacement"
+                )
         return self
+
+    def samples_by_member(self) -> dict[str, int]:
+        """Samples per prompt that ``generate`` draws from each member."""
+        return {m.name: m.samples or self.samples_per_member for m in self.pool.members}
 
     def resolve_paths(self, base: Path) -> TrainConfig:
         """Relative paths in the file are relative to the file's folder."""

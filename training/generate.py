@@ -206,11 +206,26 @@ class _Progress:
 
 
 # -- generation ---------------------------------------------------------------------------
+def _samples_by_member(pool: Pool, samples_per_member: int | Mapping[str, int]) -> dict[str, int]:
+    if isinstance(samples_per_member, Mapping):
+        unknown = sorted(set(samples_per_member) - set(pool.names))
+        missing = sorted(set(pool.names) - set(samples_per_member))
+        if unknown or missing:
+            raise ValueError(f"samples_per_member: unknown member(s) {unknown}, missing member(s) {missing}; pool: {pool.names}")
+        counts = {name: int(samples_per_member[name]) for name in pool.names}
+    else:
+        counts = {name: int(samples_per_member) for name in pool.names}
+    negative = {name: m for name, m in counts.items() if m < 0}
+    if negative:
+        raise ValueError(f"samples_per_member must be >= 0, got {negative}")
+    return counts
+
+
 async def agenerate_samples(
     prompts: Sequence[PromptRecord],
     pool: Pool,
     store: RecordStore[SampleRecord],
-    samples_per_member: int,
+    samples_per_member: int | Mapping[str, int],
     *,
     max_concurrency_per_member: int = 4,
     request_n: int | None = None,
@@ -219,12 +234,13 @@ async def agenerate_samples(
 ) -> GenerationReport:
     """Draw the samples missing from ``store``; see the module doc.
 
-    ``request_n``: most choices in one native-n request (default: all missing samples of
-    a (prompt, member) at once). ``call_kwargs``: extra arguments for every request
-    (e.g. ``temperature``, ``max_tokens``), translated per member like at runtime.
+    ``samples_per_member``: one m for every member, or m by member name (every member
+    named). ``request_n``: most choices in one native-n request (default: all missing
+    samples of a (prompt, member) at once). ``call_kwargs``: extra arguments for every
+    request (e.g. ``temperature``, ``max_tokens``), translated per member like at
+    runtime; a prompt's own ``max_tokens`` overrides the run's for its requests.
     """
-    if samples_per_member < 0:
-        raise ValueError(f"samples_per_member must be >= 0, got {samples_per_member}")
+    counts = _samples_by_member(pool, samples_per_member)
     if max_concurrency_per_member < 1:
         raise ValueError(f"max_concurrency_per_member must be >= 1, got {max_concurrency_per_member}")
     if request_n is not None and request_n < 1:
@@ -243,8 +259,9 @@ async def agenerate_samples(
     for member in pool:
         per_prompt: dict[str, list[int]] = {}
         for prompt in prompts:
-            indices = [i for i in range(samples_per_member) if (prompt.id, member.name, i) not in store]
-            report.skipped += samples_per_member - len(indices)
+            wanted = counts[member.name]
+            indices = [i for i in range(wanted) if (prompt.id, member.name, i) not in store]
+            report.skipped += wanted - len(indices)
             if indices:
                 per_prompt[prompt.id] = indices
         missing[member.name] = per_prompt
@@ -258,7 +275,8 @@ async def agenerate_samples(
         messages = messages_cache.get(job.prompt.id)
         if messages is None:
             messages = messages_cache[job.prompt.id] = job.prompt.chat_messages()
-        samples, attempt = await draw_samples(member, len(job.indices), messages, None, kwargs)
+        job_kwargs = {**kwargs, "max_tokens": job.prompt.max_tokens} if job.prompt.max_tokens else kwargs
+        samples, attempt = await draw_samples(member, len(job.indices), messages, None, job_kwargs)
         report.cost_usd += attempt.cost_usd
         records = _records(job.prompt.id, member, job.indices, samples, attempt)
         added = store.append(records) if records else 0
@@ -307,7 +325,7 @@ def generate_samples(
     prompts: Sequence[PromptRecord],
     pool: Pool,
     store: RecordStore[SampleRecord],
-    samples_per_member: int,
+    samples_per_member: int | Mapping[str, int],
     *,
     max_concurrency_per_member: int = 4,
     request_n: int | None = None,

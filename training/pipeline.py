@@ -81,7 +81,7 @@ def stage_generate(config: TrainConfig, pool: Pool | None = None, progress: bool
         prompts,
         pool or config.pool.build(),
         store,
-        config.samples_per_member,
+        config.samples_by_member(),
         max_concurrency_per_member=config.max_concurrency_per_member,
         progress=progress,
     )

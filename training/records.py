@@ -45,6 +45,8 @@ class PromptRecord(BaseModel):
     #: For the code scorer: test code run after the candidate (HumanEval ``check``).
     tests: str | None = None
     entry_point: str | None = None
+    #: Output budget for this prompt's requests in ``generate`` (overrides the run's).
+    max_tokens: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _one_form(self) -> PromptRecord:

@@ -696,6 +696,41 @@ def _llm_judge(spec: dict[str, Any], judge: Any) -> GroundTruthScorer:
     return LLMJudgeScorer(judge, **spec)
 
 
+class PerPromptScorer(GroundTruthScorer):
+    """A mixed prompt set: each prompt scored by the scorer its row names.
+
+    The row's extra field ``scorer`` (e.g. ``"numeric"``) picks one of ``specs`` (scorer
+    specs by key, default ``numeric`` and ``code_tests``); a row without it uses
+    ``by_source[row.source]``. Config: ``scorer: {kind: per_prompt, specs: {...},
+    by_source: {gsm8k: numeric, mbpp: code_tests}}``.
+    """
+
+    name = "per_prompt"
+    DEFAULT_SPECS: dict[str, dict[str, Any]] = {"numeric": {"kind": "numeric"}, "code_tests": {"kind": "code_tests", "timeout_s": 10.0}}
+
+    def __init__(self, specs: dict[str, dict[str, Any]] | None = None, by_source: dict[str, str] | None = None, *, judge: Any = None) -> None:
+        specs = dict(specs or self.DEFAULT_SPECS)
+        nested = [key for key, spec in specs.items() if isinstance(spec, dict) and spec.get("kind") == "per_prompt"]
+        if nested:
+            raise ValueError(f"per_prompt scorer: specs {nested} are per_prompt themselves")
+        self.scorers = {key: build_scorer(dict(spec), judge=judge) for key, spec in specs.items()}
+        self.by_source = dict(by_source or {})
+        unknown = sorted(set(self.by_source.values()) - set(self.scorers))
+        if unknown:
+            raise ValueError(f"per_prompt scorer: by_source names unknown scorer(s) {unknown}; specs: {sorted(self.scorers)}")
+
+    def scorer_for(self, prompt: PromptRecord) -> GroundTruthScorer:
+        key = (prompt.model_extra or {}).get("scorer") or self.by_source.get(prompt.source)
+        if key not in self.scorers:
+            raise ValueError(
+                f"prompt {prompt.id!r}: no scorer for {key!r} (source {prompt.source!r}); known: {sorted(self.scorers)}"
+            )
+        return self.scorers[key]
+
+    def score(self, prompt: PromptRecord, responses: Sequence[str]) -> list[float]:
+        return self._checked(prompt, responses, self.scorer_for(prompt).score(prompt, responses))
+
+
 #: kind -> (factory(spec without "kind", judge), accepted spec keys).
 SCORER_KINDS: dict[str, tuple[Callable[[dict[str, Any], Any], GroundTruthScorer], frozenset[str]]] = {
     "reward_model": (_reward_model, frozenset({"path", "model", "batch_size", "device", "max_length", "dtype", "trust_remote_code"})),
@@ -705,6 +740,7 @@ SCORER_KINDS: dict[str, tuple[Callable[[dict[str, Any], Any], GroundTruthScorer]
     "bleu": (lambda s, j: BleuScorer(**s), frozenset(inspect.signature(BleuScorer).parameters)),
     "rouge": (_rouge, frozenset({"variant", "use_stemmer"})),
     "llm_judge": (_llm_judge, frozenset({"rubric", "scale", "max_concurrency"})),
+    "per_prompt": (lambda s, j: PerPromptScorer(**s, judge=j), frozenset({"specs", "by_source"})),
 }
 
 
@@ -716,7 +752,8 @@ def build_scorer(spec: dict[str, Any], *, judge: Any = None) -> GroundTruthScore
     ``numeric`` (``rel_tol``, ``abs_tol``); ``code_tests`` (``timeout_s``, ``max_workers``,
     ``memory_bytes``, ``allow_unisolated``); ``bleu`` (``tokenize``, ``lowercase``); ``rouge`` (``variant``, e.g.
     ``"rougeL"``, ``use_stemmer``); ``llm_judge`` (``rubric``, ``scale``,
-    ``max_concurrency``; the chat model is passed as ``judge=``).
+    ``max_concurrency``; the chat model is passed as ``judge=``); ``per_prompt`` (``specs``,
+    ``by_source``: each prompt scored by the scorer its row's ``scorer`` field names).
     Unknown kinds or options raise ValueError listing what is accepted.
     """
     if not isinstance(spec, dict) or "kind" not in spec:

@@ -73,7 +73,7 @@ def test_prompt_file_is_valid_and_interleaved() -> None:
     assert 8 <= first.count("gsm8k") <= 12  # both tasks early
     for p in prompts:
         extra = p.model_extra or {}
-        assert extra["max_tokens"] == 384
+        assert p.max_tokens == 384
         if p.source == "gsm8k":
             assert extra["scorer"] == "numeric" and p.reference and float(p.reference) == float(p.reference)
             assert p.prompt.endswith(p.prompt.split("Question: ", 1)[1]) and "####" in p.prompt
@@ -127,8 +127,8 @@ def _config(tmp_path: Path, prompts: list[dict]) -> Path:
         "factory_kwargs: {{name_: {name}, calls: []}}, prices: {{input_per_mtok: 1, output_per_mtok: 2}}, timeout_s: 5}}"
     )
     (tmp_path / "run.yaml").write_text(
-        "work_dir: run\nprompts: prompts.jsonl\nsamples_per_member: 3\nmax_n: 2\nscorer: {kind: numeric}\n"
-        f"pool:\n  reference: big\n  members:\n    - {member.format(name='small')}\n    - {member.format(name='big')}\n"
+        "work_dir: run\nprompts: prompts.jsonl\nsamples_per_member: 3\nmax_n: 2\nscorer: {kind: per_prompt}\n"
+        f"pool:\n  reference: big\n  members:\n    - {member.format(name='small')}\n    - {member.format(name='big')[:-1]}, samples: 4}}\n"
     )
     return tmp_path / "run.yaml"
 

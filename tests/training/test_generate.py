@@ -295,3 +295,48 @@ def test_load_prompts_duplicate_id_names_its_line(tmp_path: Path) -> None:
     )
     with pytest.raises(RecordError, match=r"d\.jsonl:4: duplicate prompt id 'a' \(first on line 1\)"):
         load_prompts(path)
+
+
+def test_samples_per_member_by_name_and_each_prompts_max_tokens(tmp_path: Path) -> None:
+    """The reference may draw fewer samples than the routed members; a prompt's own
+    ``max_tokens`` goes with its requests."""
+    pool = scripted_pool()
+    prompts = [
+        PromptRecord(id="short", prompt="a", max_tokens=7),
+        PromptRecord(id="plain", prompt="b"),
+    ]
+    report = generate_samples(prompts, pool, open_store(tmp_path / "s.jsonl"), {"big": 1, "small": 3, "mid": 2}, progress=False)
+    counts = Counter(r.member for r in rows(tmp_path / "s.jsonl"))
+    assert counts == {"big": 2, "small": 6, "mid": 4} and report.written == 12
+    budgets = {
+        (call["messages"][-1].content, call["kwargs"].get("max_tokens"))
+        for member in pool
+        for call in member.chat_model.calls
+    }
+    assert budgets == {("a", 7), ("b", None)}
+    with pytest.raises(ValueError, match="missing member"):
+        generate_samples(prompts, pool, open_store(tmp_path / "t.jsonl"), {"big": 1}, progress=False)
+
+
+def test_config_per_member_samples_and_per_prompt_scorer(tmp_path: Path) -> None:
+    from training.config import TrainConfig
+    from training.scorers import PerPromptScorer, build_scorer
+
+    member = {"provider": "factory", "factory": "tests.helpers:ScriptedChatModel", "prices": {"input_per_mtok": 1, "output_per_mtok": 1}}
+    raw = {
+        "work_dir": "run", "prompts": "p.jsonl", "samples_per_member": 4, "max_n": 3,
+        "scorer": {"kind": "per_prompt", "by_source": {"math": "numeric"}},
+        "pool": {"reference": "big", "members": [{"name": "small", **member}, {"name": "big", "samples": 1, **member}]},
+    }
+    config = TrainConfig.model_validate(raw)
+    assert config.samples_by_member() == {"small": 4, "big": 1}
+    with pytest.raises(ValueError, match="samples=2 < max_n=3"):
+        TrainConfig.model_validate({**raw, "pool": {"reference": "big", "members": [{"name": "small", "samples": 2, **member}, {"name": "big", **member}]}})
+    scorer = build_scorer(config.scorer)
+    assert isinstance(scorer, PerPromptScorer)
+    math = PromptRecord(id="m", prompt="1+1?", source="math", reference="2")
+    named = PromptRecord.model_validate({"id": "x", "prompt": "1+2?", "source": "other", "reference": "3", "scorer": "numeric"})
+    assert scorer.score(math, ["#### 2", "#### 3"]) == [1.0, 0.0]
+    assert scorer.score(named, ["#### 3"]) == [1.0]
+    with pytest.raises(ValueError, match="no scorer"):
+        scorer.score(PromptRecord(id="y", prompt="?", source="other"), ["x"])

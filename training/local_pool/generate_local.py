@@ -11,9 +11,10 @@ billing, retries, append-as-you-go store), one prompt at a time in file order, e
 in its own loop so a fast member is not held back by a slow one. What the config format
 cannot say yet, this driver adds:
 
-* samples per member: the config's ``samples_per_member`` (m = 8 for smollm2-135m), except
-  the members given with ``--samples NAME=M`` (default: the reference draws 4);
-* each prompt's own ``max_tokens`` (row field; 384 for both tasks in this prompt set) as a call option.
+* samples per member: the config's (``samples_per_member``, or a member's own ``samples``:
+  8 for smollm2-135m, 4 for the reference), except the members given with ``--samples NAME=M``;
+* one loop per member, so the fast member is not held back by the slow one (the pipeline's
+  ``generate`` draws both at once); each prompt's ``max_tokens`` (384 here) goes with its requests.
 
 Killed at any point, a rerun resumes where it stopped (samples in the store are skipped;
 a half-written last line is dropped). Progress goes to stdout, one line per prompt and member:
@@ -47,9 +48,6 @@ from training.records import (
 )
 
 DEFAULT_CONFIG = Path(__file__).with_name("run.yaml")
-#: Samples of the reference per prompt unless --samples says otherwise (m of the others: the config's).
-DEFAULT_REFERENCE_SAMPLES = 4
-
 log = logging.getLogger("generate_local")
 
 
@@ -58,8 +56,7 @@ def samples_per_member(config: TrainConfig, overrides: dict[str, int]) -> dict[s
     unknown = sorted(set(overrides) - set(names))
     if unknown:
         raise SystemExit(f"--samples names unknown member(s) {unknown}; pool: {names}")
-    counts = {name: config.samples_per_member for name in names}
-    counts[config.pool.reference] = DEFAULT_REFERENCE_SAMPLES
+    counts = config.samples_by_member()
     counts.update(overrides)
     for name, m in counts.items():
         if name != config.pool.reference and m < config.max_n:
@@ -105,15 +102,11 @@ async def _member_loop(member: Any, m: int, prompts: list[PromptRecord], store: 
     for index, prompt in enumerate(prompts):
         if all((prompt.id, member.name, i) in store for i in range(m)):
             continue
-        call_kwargs = {}
-        budget = (prompt.model_extra or {}).get("max_tokens")
-        if budget:
-            call_kwargs["max_tokens"] = int(budget)
         before = len(store)
         start = time.perf_counter()
         report = await agenerate_samples(
-            [prompt], pool, store, m, max_concurrency_per_member=1, progress=False, call_kwargs=call_kwargs
-        )
+            [prompt], pool, store, m, max_concurrency_per_member=1, progress=False
+        )  # the prompt's own max_tokens goes with its requests
         seconds = time.perf_counter() - start
         new = [r for r in _tail(path, len(store) - before) if r.member == member.name and r.prompt_id == prompt.id]
         tokens = sum(r.output_tokens for r in new)
@@ -185,11 +178,15 @@ def _scored_samples(config: TrainConfig, prompts: list[PromptRecord]) -> list[Sa
 
 
 def command_score(config: TrainConfig, args: argparse.Namespace) -> int:
-    from training.local_pool.scoring import PerPromptScorer, score_store
+    from training.local_pool.scoring import score_store
+    from training.scorers import PerPromptScorer, build_scorer
 
     prompts = load_prompts(config.prompts)
     store = RecordStore(config.scores_path, ScoreRecord)
-    written = score_store(prompts, _scored_samples(config, prompts), store, PerPromptScorer())
+    scorer = build_scorer(config.scorer)
+    if not isinstance(scorer, PerPromptScorer):
+        raise SystemExit(f"{args.config}: the local pool's prompts need scorer kind 'per_prompt', got {config.scorer}")
+    written = score_store(prompts, _scored_samples(config, prompts), store, scorer)
     log.info("scored %d new samples into %s", written, config.scores_path)
     return 0
 
