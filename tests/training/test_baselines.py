@@ -34,9 +34,10 @@ from training.evaluation.outcomes import (
     EvalPrompt,
     EvalSet,
     MemberOutcomes,
+    OperatingPoint,
     evaluate,
 )
-from training.evaluation.sweep import Baseline, pareto
+from training.evaluation.sweep import Baseline, drop_at_cost_reduction, pareto
 
 pytest.importorskip("sklearn")
 
@@ -305,9 +306,32 @@ def test_fixed_best_of_n_equals_direct_evaluation(data) -> None:
     assert [p.quality for p in mid] == pytest.approx([0.25, 0.5, 0.75, 1.0])
 
 
+def test_random_mix_per_cheaper_member_is_grouped_and_the_best_is_shown(data) -> None:
+    train, test, _, _, quality, cost = data
+    points = RandomMix().fit(train).points(test, None, quality, cost)
+    groups = {p.group for p in points}
+    assert groups == {m for m in test.members if m != test.reference}
+    baseline = Baseline.of(test)
+    for member in groups:
+        own = [p for p in points if p.group == member]
+        assert own[0].distribution == {f"{member}:1": 1.0} and own[-1].distribution == {"ref:1": 1.0}
+    # Table 1 reads the best member's line at each cost, never a mix of two cheaper members
+    target = 0.5 * baseline.cost
+    lines = []
+    for member in groups:
+        own = [p for p in points if p.group == member]
+        weak, ref = own[0], own[-1]
+        if weak.cost <= target:
+            w = (target - weak.cost) / (ref.cost - weak.cost)
+            lines.append(weak.quality + w * (ref.quality - weak.quality))
+    assert drop_at_cost_reduction(points, baseline, 0.5) == pytest.approx(baseline.quality_drop_pct(
+        OperatingPoint(target, max(lines), {})
+    ))
+
+
 def test_random_mix_lies_on_the_line_between_cheapest_and_reference(data) -> None:
     train, test, _, _, quality, cost = data
-    random = RandomMix().fit(train)
+    random = RandomMix(against="cheapest").fit(train)
     points = random.points(test, None, quality, cost)
     cheapest, reference = points[0], points[-1]
     assert cheapest.distribution == {"cheap:1": 1.0} and reference.distribution == {"ref:1": 1.0}

@@ -1,42 +1,115 @@
 """Train-and-evaluate on the real HumanEval table (skipped without ../shared/data), small and fast:
-a tiny random encoder, one epoch, 40 problems. Checks the plumbing, not the numbers."""
+a tiny random encoder (frozen), a few problems, visible-example results from a stand-in runner.
+Checks the plumbing, not the numbers."""
 
 from __future__ import annotations
 
+import gzip
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.helpers import tiny_encoder
-from training.evaluation.experiment import load_table, run_seed
+from training import cli
+from training.evaluation import shared_data
+from training.evaluation.experiment import (
+    Settings,
+    attach_execution,
+    cross_validate,
+    kfold,
+    load_table,
+    train_test,
+    write_outputs,
+)
 from training.evaluation.shared_data import default_data_dir
-from training.loop import FitConfig
-from training.split import SplitConfig
 
 pytestmark = pytest.mark.skipif(
     not (default_data_dir() / "humaneval_routing").exists(), reason="shared routing data not available"
 )
 
 
-def test_humaneval_seed_produces_a_full_report(tmp_path: Path) -> None:
-    table = load_table("humaneval")
-    table = table.subset([p.id for p in table.eval_set.prompts[:40]])
+def passes_like_ground_truth(prompt: str, candidates):
+    """Stand-in for the sandbox: 2 visible examples, passed by any candidate containing 'return'."""
+    return [(2 if "return" in c else 0, 2, False) for c in candidates]
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("enc")
     encoder, tokenizer = tiny_encoder()
-    encoder.save_pretrained(tmp_path / "enc")
-    tokenizer.save_pretrained(tmp_path / "enc")
-    fit = FitConfig(epochs=1, batch_size=16)
-    report = run_seed(
-        table, 0, backbone=tmp_path / "enc", split=SplitConfig(train=0.6, validation=0.2, test=0.2),
-        reward_fit=fit, router_fit=fit, max_length=64,
-    )
-    assert {"BEST-Route", "BEST-Route (oracle picker)", "n-class", "n-label", "clustering", "oracle", "random"} <= set(report.curves)
-    assert report.baseline.quality > 0.5  # gpt-4 passes most HumanEval problems
-    # the oracle router (cheapest option that matches the reference per prompt) is at least as good
-    # as BEST-Route at every cost reduction BEST-Route reaches
-    table1 = report.table1()
-    for reduction, drop in table1["BEST-Route"].items():
-        if not np.isnan(drop):
-            assert table1["oracle"][reduction] <= drop + 1e-9
-    paths = report.save(tmp_path / "report")
-    assert paths["markdown"].read_text().startswith("# BEST-Route evaluation")
+    encoder.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_files(tmp_path_factory) -> tuple[Path, Path]:
+    """Two small tables in the shared format (train: 12 problems, test: 6 others)."""
+    source = shared_data._table_file(None, "humaneval_routing", None)
+    with gzip.open(source, "rt") as handle:
+        rows = [line for line in handle if line.strip()][:18]
+    folder = tmp_path_factory.mktemp("tables")
+    paths = []
+    for name, part in (("train", rows[:12]), ("test", rows[12:])):
+        path = folder / f"humaneval_routing.{name}.jsonl.gz"
+        with gzip.open(path, "wt") as handle:
+            handle.writelines(part)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def settings(backbone: Path, tmp_path: Path, **kwargs) -> Settings:
+    base = {"backbone": backbone, "max_length": 64, "cache_dir": tmp_path / "cache", "feature_cache": tmp_path / "features",
+            "cascades": False, "chain_depth": 1}
+    return Settings(**{**base, **kwargs})
+
+
+def test_cross_validation_writes_folds_pooled_and_calibrated_policies(backbone: Path, small_files, tmp_path: Path) -> None:
+    table = load_table("humaneval", small_files[0])
+    assert all(p.text.startswith("user: ") and p.conversation.text == p.text for p in table.eval_set.prompts)
+    attach_execution(table, cache_dir=None, runner=passes_like_ground_truth)
+    folds = kfold(table.eval_set, 3, seed=0)
+    assert sorted(pid for fold in folds for pid in fold) == sorted(table.prompt_ids) and {len(f) for f in folds} == {4}
+    config = settings(backbone, tmp_path, reranker="code_execution", verifier="execution")
+    results = cross_validate(table, config, folds=3, seed=0)
+    report = results[0].report
+    assert {"BEST-Route", "BEST-Route + verified escalation", "verified chains", "best constant", "n-label", "random"} <= set(report.curves)
+    assert report.baseline.quality > 0.5
+    assert [row["target"] for row in report.calibrated] == [
+        "cost_reduction=0.1", "cost_reduction=0.2", "cost_reduction=0.4", "cost_reduction=0.6", "max_quality_drop=0",
+    ]
+    for row in report.calibrated:
+        assert row["kind"] in {"router", "router+verifier", "constant", "verified"} and row["reason"]
+    text = write_outputs(tmp_path / "out", results, config, {"test": True}, plots=False)
+    assert "Calibrated policy (chosen on validation, measured on test)" in text and "Pooled out-of-fold" in text
+    pooled = json.loads((tmp_path / "out" / "pooled" / "report.json").read_text())
+    assert pooled["split"] == {"pooled_folds": 3}
+    assert json.loads((tmp_path / "out" / "aggregate.json").read_text())["settings"]["picker"] == "execution"
+    # one seed, one result
+    again = cross_validate(table, config, folds=3, seed=0)
+    assert again[0].report.json_text() == report.json_text()
+
+
+def test_train_on_one_table_and_score_on_another(backbone: Path, small_files, tmp_path: Path) -> None:
+    train, test = load_table("humaneval", small_files[0]), load_table("humaneval", small_files[1])
+    result = train_test(train, test, settings(backbone, tmp_path), seed=1)
+    assert len(result.report.curves["BEST-Route"]) >= 2
+    assert result.report.split["test"] == 6 and result.report.split["test_table"].endswith("test.jsonl.gz")
+    assert np.isfinite(result.report.baseline.quality)
+
+
+def test_cli_evaluate_on_tables(backbone: Path, small_files, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cli"
+    args = [
+        "evaluate", "--table", "humaneval", "--train-data", str(small_files[0]), "--test-data", str(small_files[1]),
+        "--out", str(out), "--backbone", str(backbone), "--max-length", "64", "--reranker", "random",
+        "--target", "cost_reduction=0.4", "--cache-dir", str(tmp_path / "cache"),
+    ]
+    assert cli.main(args) == 0
+    data = json.loads((out / "test" / "report.json").read_text())
+    assert [row["target"] for row in data["calibrated"]] == ["cost_reduction=0.4"]
+    assert "random" in json.loads((out / "aggregate.json").read_text())["settings"]["picker"]
+    assert cli.main(["evaluate", "--table", "humaneval", "--train-data", str(small_files[0])]) == 2
+    assert "--test-data" in capsys.readouterr().err

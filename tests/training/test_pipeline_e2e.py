@@ -225,7 +225,11 @@ def test_calibrate_stores_thresholds_the_chat_model_uses(tmp_path: Path, capsys)
     llm = BestRouteChatModel.from_pretrained(
         config.router_dir, config.reward_dir, pool=config.pool.build(), target_reference_share=1
     )
-    assert llm.threshold == stored["thresholds"]["reference_share=1"]
+    # calibration chooses among router thresholds, constant and verified policies (issue 9):
+    # "always the reference" is the constant policy toy-ref:1; the router's own threshold stays stored
+    policy = stored["policies"]["reference_share=1"]
+    assert (policy["kind"], policy["member"], policy["n"]) == ("constant", "toy-ref", 1)
+    assert llm.policy is not None and llm.policy.kind == "constant"
     assert cli.main(["calibrate", "--config", str(config_path), "--target", "speed=1"]) == 2
     assert "cost_reduction=<value>" in capsys.readouterr().err
 

@@ -70,11 +70,12 @@ deterministic; scikit-learn models are seeded (``seed``).
    cascade run on the recorded samples, not expectations over subsets.
 5. **Fixed best-of-n** (:class:`FixedBestOfN`): every (member, n) with n <= ``test.ns(member)``
    as a single constant policy (``knob`` = n).
-6. **Random at matched cost** (:class:`RandomMix`): with probability p the reference at n = 1,
-   else the cheapest single option (the cheapest mean cost over all (member, n): a member at
-   n = 1), independently per prompt. Cost and quality are the exact mixtures (no sampling), so
-   the points lie on the straight line between the two; ``knob`` = p, over 0, 0.01, ..., 1, or
-   ``at_cost(...)`` for given target costs.
+6. **Random** (:class:`RandomMix`, RouteLLM's random router): with probability p the
+   reference at n = 1, else a cheaper member at n = 1, independently per prompt; one such
+   strong/weak pair per cheaper member (``against="each"``, each a ``group``, the best shown
+   at each cost) or only the cheapest single option (``against="cheapest"``). Cost and
+   quality are the exact mixtures (no sampling), so the points lie on straight lines;
+   ``knob`` = p, over 0, 0.01, ..., 1, or ``at_cost(...)`` for given target costs.
 7. **Oracle** (:class:`OracleRouter`): knows every test outcome. It decides and reports with
    ``test.quality(picker)`` (``picker="oracle"`` by default: best sample by ground truth, the
    upper bound of everything; ``"proxy"``: an oracle router with the production reranker;
@@ -778,13 +779,24 @@ def _cheapest_option(test: EvalSet, quality: np.ndarray, cost: np.ndarray) -> tu
 
 
 class RandomMix(RoutingBaseline):
-    """Per prompt, the reference (n = 1) with probability p, else the cheapest single option."""
+    """RouteLLM's random router: per prompt, the reference (n = 1) with probability p, else
+    a cheaper member (n = 1), independently per prompt.
+
+    ``against="each"`` (default): one strong/weak mix per cheaper member, each its own
+    ``group`` (``sweep.hulls`` reads the best member at each cost, not mixes across them);
+    ``against="cheapest"``: only the cheapest single option (the cheapest mean cost over all
+    (member, n)). Cost and quality are the exact mixtures (no sampling), so the points lie on
+    the straight lines between the ends; ``knob`` = p, over ``shares``, or ``at_cost(...)``
+    (cheapest option only) for given target costs.
+    """
 
     needs_fit = False
 
-    def __init__(self, *, shares: Sequence[float] = UNIT_GRID, name: str = "random") -> None:
+    def __init__(self, *, shares: Sequence[float] = UNIT_GRID, name: str = "random", against: Literal["each", "cheapest"] = "each") -> None:
         super().__init__()
-        self.shares, self.name = tuple(shares), name
+        if against not in ("each", "cheapest"):
+            raise ValueError(f"against must be 'each' or 'cheapest', got {against!r}")
+        self.shares, self.name, self.against = tuple(shares), name, against
 
     def _ends(self, test: EvalSet, quality: np.ndarray, cost: np.ndarray) -> tuple[OperatingPoint, OperatingPoint]:
         count = len(test.prompts)
@@ -794,7 +806,7 @@ class RandomMix(RoutingBaseline):
         return cheap, ref
 
     @staticmethod
-    def _mix(cheap: OperatingPoint, ref: OperatingPoint, p: float) -> OperatingPoint:
+    def _mix(cheap: OperatingPoint, ref: OperatingPoint, p: float, group: str | None = None) -> OperatingPoint:
         distribution: dict[str, float] = {}
         for point, weight in ((cheap, 1.0 - p), (ref, p)):
             for label, share in point.distribution.items():
@@ -804,15 +816,27 @@ class RandomMix(RoutingBaseline):
             quality=(1.0 - p) * cheap.quality + p * ref.quality,
             distribution={label: share for label, share in sorted(distribution.items()) if share > 0},
             knob=float(p),
+            group=group,
         )
 
     def points(self, test: EvalSet, test_features: Features | None, quality: np.ndarray, cost: np.ndarray) -> list[OperatingPoint]:
         self._check_test(test, None)
-        cheap, ref = self._ends(test, quality, cost)
-        return [self._mix(cheap, ref, p) for p in self.shares]
+        if self.against == "cheapest":
+            cheap, ref = self._ends(test, quality, cost)
+            return [self._mix(cheap, ref, p) for p in self.shares]
+        count, ref_index = len(test.prompts), test.members.index(test.reference)
+        ref = evaluate(test, Choices.constant(count, ref_index, 1), quality, cost)
+        out = []
+        for index, member in enumerate(test.members):
+            if index == ref_index:
+                continue
+            weak = evaluate(test, Choices.constant(count, index, 1), quality, cost)
+            out += [self._mix(weak, ref, p, group=member) for p in self.shares]
+        return out
 
     def at_cost(self, test: EvalSet, quality: np.ndarray, cost: np.ndarray, targets: Sequence[float]) -> list[OperatingPoint]:
-        """The mixture whose expected cost is each target (clipped to [cheapest, reference])."""
+        """The mixture (with the cheapest option) whose expected cost is each target
+        (clipped to [cheapest, reference])."""
         cheap, ref = self._ends(test, quality, cost)
         span = ref.cost - cheap.cost
         out = []

@@ -1,5 +1,16 @@
 """EvalSets from a training work directory (samples, scores, the trained proxy), and the
-router's predictions for an EvalSet."""
+router's predictions for an EvalSet.
+
+Prompt (input) tokens. A sample record's ``input_tokens`` is ambiguous for a member that
+draws n samples in one request (prompt billed once): ``generate`` splits the request's
+prompt tokens over its records, a hand-made ``samples.jsonl`` may give the whole prompt on
+every record, and a resumed run may have drawn a member's samples in several requests.
+Summing or averaging the records gets one of these conventions wrong. So the evaluation
+does not read them: one request's prompt tokens are the runtime's own estimate for the
+rendered conversation (characters / 4, ``bestroute_lc.engine.approximate_tokens``), the
+same for every member, billed once (NATIVE) or n times (PARALLEL). Output tokens are per
+sample and unambiguous; they are read from the records.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +21,6 @@ from bestroute_lc.reward import RewardPredictor
 from bestroute_lc.router import RouterPredictor
 from training.config import TrainConfig
 from training.evaluation.outcomes import EvalPrompt, EvalSet, MemberOutcomes
-from training.records import SampleRecord, read_records
 
 
 def eval_set_from_store(
@@ -18,12 +28,10 @@ def eval_set_from_store(
 ) -> EvalSet:
     """The given prompts with every member's recorded samples; proxy scores from ``reward``
     (None: no proxy picker). Prompts missing some member's samples are left out."""
+    from bestroute_lc.engine import approximate_tokens
     from training.pipeline import load_data
 
     _, data, _ = load_data(config)
-    tokens: dict[tuple[str, str], list[SampleRecord]] = {}
-    for sample in read_records(config.samples_path, SampleRecord):
-        tokens.setdefault((sample.prompt_id, sample.member), []).append(sample)
     members = [m.name for m in config.pool.members]
     pool_specs = {m.name: m for m in config.pool.members}
     parallel = {m: (pool_specs[m].n_billing or _default_billing(pool_specs[m])) == "parallel" for m in members}
@@ -34,16 +42,14 @@ def eval_set_from_store(
             continue
         conversation = render_conversation(entry.prompt.chat_messages())
         outcomes = {}
+        input_tokens = float(approximate_tokens(conversation.text))  # see the module docstring
         for member in members:
             samples = entry.members[member]
-            records = sorted(tokens[(prompt_id, member)], key=lambda r: r.sample_index)
             proxy = np.asarray(reward.score(conversation.text, samples.texts)) if reward is not None else None
             outcomes[member] = MemberOutcomes(
                 gt=np.asarray(samples.gt_scores, dtype=float),
                 output_tokens=np.asarray(samples.output_tokens, dtype=float),
-                # PARALLEL records each carry the whole prompt; NATIVE records drawn in one
-                # request (generate's default) each carry an equal share of it.
-                input_tokens=float(np.mean([r.input_tokens for r in records]) if parallel[member] else sum(r.input_tokens for r in records)),
+                input_tokens=input_tokens,
                 proxy=proxy,
             )
         prompts.append(EvalPrompt(prompt_id, conversation.text, entry.prompt.source, outcomes, conversation))
@@ -58,7 +64,7 @@ def eval_set_from_store(
     )
 
 
-def _default_billing(spec) -> str:  # noqa: ANN001 - MemberSpec
+def _default_billing(spec) -> str:
     return "native" if spec.provider == "openai" else "parallel"
 
 

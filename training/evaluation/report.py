@@ -3,20 +3,25 @@
 A :class:`Report` holds the cost-quality curves of several routing methods on one eval set
 (BEST-Route with the proxy picker, with the oracle picker, baselines) and renders:
 
-1. Table 1: quality drop (%) w.r.t. always-reference at 10/20/40/60 % cost reduction,
-   interpolated on each method's Pareto curve (``drop_at_cost_reduction``); "n/a" where a
-   method never saves that much (a footnote then says how much it saves at most, as the
-   paper does for N-class routing);
-2. a summary table: APGR, AIQ (costs from the cheapest single option to always-reference),
-   the largest cost reduction at <= 1 % quality drop and the number of operating points;
+1. Table 1: quality drop (%) w.r.t. always-reference at 10/20/40/60 % cost reduction, on
+   the upper convex hull of each method's operating points and always-reference
+   (``drop_at_cost_reduction``: mixing two policies at random attains every point of the
+   segment between them); "n/a" where a method never saves that much (a footnote then
+   says how much it saves at most, as the paper does for N-class routing);
+2. a summary table: APGR, AIQ (costs from the cheapest single option to always-reference,
+   on the same hull), the largest cost reduction at <= 1 % quality drop and the number of
+   operating points;
 3. the routing distribution of one method (Figure 4): share of queries per member and n
-   at the Pareto point nearest each target cost reduction;
-4. the cost estimation error per member (Table 7, App. B.1), when given;
-5. PNG figures (matplotlib, Agg): all cost-quality curves, and the routing distribution as
-   stacked bars;
-6. JSON with every number, byte-identical for identical inputs.
+   at the hull vertex nearest each target cost reduction;
+4. the calibrated policies, when given: per target, the policy chosen on validation prompts
+   (kind, why) and its cost reduction and quality drop there and on the evaluated prompts;
+5. the cost estimation error per member (Table 7, App. B.1), when given;
+6. PNG figures (matplotlib, Agg): all cost-quality curves (hulls), and the routing
+   distribution as stacked bars;
+7. JSON with every number, byte-identical for identical inputs.
 
-``aggregate_tables`` gives mean +- std per cell over several reports (seeds, splits).
+``aggregate_tables`` gives mean +- std per cell over several reports (seeds, splits, folds),
+``aggregate_calibrated`` the calibrated policies' test metrics over them.
 
 matplotlib is imported only to draw figures (``Report.save(..., plots=True)``); markdown
 and JSON need numpy only.
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +45,8 @@ from training.evaluation.sweep import (
     aiq,
     apgr,
     drop_at_cost_reduction,
+    hulls,
+    max_reduction_at_drop,
     pareto,
 )
 
@@ -88,30 +96,10 @@ def cost_estimation_error(eval_set: EvalSet, avg_output_tokens: Mapping[str, flo
 
 
 # -- metrics on one curve ------------------------------------------------------------------
-def max_reduction_at_drop(points: Sequence[OperatingPoint], baseline: Baseline, max_drop_pct: float = 1.0) -> float:
-    """Largest cost reduction (fraction) whose interpolated quality drop on the Pareto curve
-    is at most ``max_drop_pct`` %; NaN if no point of the curve is that good. Negative when
-    the curve needs more than the reference's cost to get there."""
-    frontier = pareto(points)
-    if not frontier or not baseline.cost:
-        return float("nan")
-    target = baseline.quality - max_drop_pct / 100.0 * abs(baseline.quality)
-    tol = 1e-12 * max(1.0, abs(target))
-    for j, point in enumerate(frontier):
-        if point.quality >= target - tol:
-            if j == 0 or point.quality <= target:
-                cost = point.cost
-            else:
-                left = frontier[j - 1]
-                w = (target - left.quality) / (point.quality - left.quality)
-                cost = left.cost + w * (point.cost - left.cost)
-            return 1.0 - cost / baseline.cost
-    return float("nan")
-
-
 def nearest_point(points: Sequence[OperatingPoint], baseline: Baseline, reduction: float) -> OperatingPoint:
-    """The Pareto point whose cost reduction is nearest ``reduction`` (ties: better quality)."""
-    frontier = pareto(points)
+    """The hull vertex (a policy actually run, not a mix) whose cost reduction is nearest
+    ``reduction`` (ties: better quality)."""
+    frontier = [p for hull in hulls(points) for p in hull]
     if not frontier:
         raise ValueError("no operating points")
     return min(frontier, key=lambda p: (abs(baseline.cost_reduction(p) - reduction), -p.quality))
@@ -198,6 +186,13 @@ class Report:
     split: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     quality_metric: str = "quality"
+    #: Calibrated policies (``experiment.calibration_rows``): per target, the choice made on
+    #: validation prompts and its metrics there and here.
+    calibrated: list[dict[str, Any]] = field(default_factory=list)
+    #: Which points the JSON lists per curve: "all", or "pareto" (the Pareto points, which
+    #: contain the hull: Table 1, APGR and AIQ are the same from them; keeps files small when a
+    #: curve has hundreds of thresholds). The summary's counts are of all points either way.
+    json_points: str = "all"
 
     def __post_init__(self) -> None:
         if not self.curves:
@@ -236,7 +231,10 @@ class Report:
         """Rebuild a report from ``to_json()`` output (to re-render or aggregate saved runs)."""
 
         def point(raw: dict[str, Any]) -> OperatingPoint:
-            return OperatingPoint(cost=raw["cost"], quality=raw["quality"], distribution=raw.get("distribution", {}), knob=raw.get("knob"))
+            return OperatingPoint(
+                cost=raw["cost"], quality=raw["quality"], distribution=raw.get("distribution", {}), knob=raw.get("knob"),
+                group=raw.get("group"),
+            )
 
         return cls(
             dataset=data["dataset"],
@@ -253,6 +251,7 @@ class Report:
             split=data.get("split"),
             notes=list(data.get("notes", [])),
             quality_metric=data.get("quality_metric", "quality"),
+            calibrated=list(data.get("calibrated", [])),
         )
 
     # -- numbers ---------------------------------------------------------------------------
@@ -268,8 +267,8 @@ class Report:
         }
 
     def reach(self, name: str) -> tuple[float, float]:
-        """(largest cost reduction, its quality drop %) of a method: its cheapest Pareto point."""
-        cheapest = pareto(self.curves[name])[0]
+        """(largest cost reduction, its quality drop %) of a method: its cheapest hull vertex."""
+        cheapest = min((hull[0] for hull in hulls(self.curves[name])), key=lambda p: (p.cost, -p.quality))
         return self.baseline.cost_reduction(cheapest), self.baseline.quality_drop_pct(cheapest)
 
     def summary(self) -> dict[str, dict[str, float]]:
@@ -278,18 +277,19 @@ class Report:
             lo_hi = self.cost_range
             out[name] = {
                 "apgr": apgr(points, self.weakest, self.baseline) if self.weakest is not None else float("nan"),
-                "aiq": aiq(points, *lo_hi) if lo_hi is not None else float("nan"),
+                "aiq": aiq(points, *lo_hi, self.baseline) if lo_hi is not None else float("nan"),
                 "max_cost_reduction_pct": 100 * max_reduction_at_drop(points, self.baseline, self.max_drop_pct),
                 "points": len(points),
                 "pareto_points": len(pareto(points)),
+                "hull_points": sum(len(h) for h in hulls(points)),
                 # False: the curve starts above the low end of the APGR / AIQ range, where
                 # sweep's areas count quality 0 (a fixed router offers no trade-off there)
-                "covers_cost_range": None if lo_hi is None else pareto(points)[0].cost <= lo_hi[0] * (1 + 1e-9),
+                "covers_cost_range": None if lo_hi is None else min(p.cost for p in points) <= lo_hi[0] * (1 + 1e-9),
             }
         return out
 
     def routing(self) -> list[dict[str, Any]]:
-        """For ``routing_method``: the Pareto point nearest each target reduction."""
+        """For ``routing_method``: the hull vertex nearest each target reduction."""
         points = self.curves[self.routing_method]  # type: ignore[index]
         rows = []
         for r in self.reductions:
@@ -323,11 +323,20 @@ class Report:
         return sorted(labels, key=key)
 
     # -- JSON ------------------------------------------------------------------------------
+    def _json_points(self, points: list[OperatingPoint]) -> list[OperatingPoint]:
+        if self.json_points == "all":
+            return points
+        if len({p.group for p in points}) == 1:
+            return pareto(points)
+        return [p for hull in hulls(points) for p in hull]
+
     def to_json(self) -> dict[str, Any]:
         """Every number of the report; NaN -> null, floats to 10 significant digits."""
         curves = {}
-        for name, points in self.curves.items():
+        for name, all_points in self.curves.items():
+            points = self._json_points(all_points)
             on_frontier = {id(p) for p in pareto(points)}
+            on_hull = {id(p) for hull in hulls(points) for p in hull}
             curves[name] = [
                 {
                     "cost": p.cost,
@@ -338,6 +347,8 @@ class Report:
                     "knob": p.knob,
                     "distribution": dict(p.distribution),
                     "pareto": id(p) in on_frontier,
+                    "hull": id(p) in on_hull,
+                    **({"group": p.group} if p.group is not None else {}),
                 }
                 for p in points
             ]
@@ -359,6 +370,7 @@ class Report:
             "max_drop_pct": self.max_drop_pct,
             "methods": list(self.curves),
             "curves": curves,
+            "json_points": self.json_points,
             "table1": self.table1(),
             "reach": reach,
             "summary": self.summary(),
@@ -366,6 +378,7 @@ class Report:
             "cost_estimation_error": self.cost_errors,
             "split": self.split,
             "notes": list(self.notes),
+            "calibrated": [dict(row) for row in self.calibrated],
         }
         return _round(out)
 
@@ -401,7 +414,8 @@ class Report:
         parts += [
             "",
             (
-                f"Quality drop{metric} in % of {ref}'s quality, interpolated on each method's Pareto curve; "
+                f"Quality drop{metric} in % of {ref}'s quality, on the upper convex hull of each method's "
+                f"operating points and {ref} (mixing two policies at random attains every point between them); "
                 "negative = a gain; n/a = the method never saves that much."
             ),
         ]
@@ -429,6 +443,8 @@ class Report:
         parts.append(
             _table(["Method", "APGR", "AIQ", f"Max cost reduction (%) at <= {self.max_drop_pct:g} % drop", "Points (Pareto)"], rows)
         )
+        parts.append("")
+        parts.append("APGR, AIQ and the max cost reduction are read on the same hulls as Table 1.")
         parts.append("")
         if lo_hi is not None:
             parts.append(
@@ -462,7 +478,27 @@ class Report:
             for row in rows_r
         ]
         parts.append(_table(header, rows))
-        parts += ["", "Shares of queries in %, at the Pareto point nearest each target cost reduction.", ""]
+        parts += ["", "Shares of queries in %, at the hull vertex (a policy, not a mix) nearest each target cost reduction.", ""]
+
+        if self.calibrated:
+            parts += ["## Calibrated policies (chosen on validation prompts)", ""]
+            rows = [
+                [
+                    str(row["target"]),
+                    str(row["kind"]),
+                    str(row["label"]),
+                    _num(row.get("validation_cost_reduction_pct")),
+                    _num(row.get("validation_quality_drop_pct")),
+                    _num(row.get("test_cost_reduction_pct")),
+                    _num(row.get("test_quality_drop_pct")),
+                ]
+                for row in self.calibrated
+            ]
+            parts.append(_table(
+                ["Target", "Kind", "Policy", "Validation reduction (%)", "Validation drop (%)", "Reduction here (%)", "Drop here (%)"],
+                rows, ["l", "l", "l", "r", "r", "r", "r"],
+            ))
+            parts += [""] + [f"- `{row['target']}`: {row['reason']}" for row in self.calibrated if row.get("reason")] + [""]
 
         if self.cost_errors is not None:
             parts += ["## Cost estimation error (App. B.1, Table 7)", ""]
@@ -493,14 +529,17 @@ class Report:
         colors = plt.get_cmap("tab10" if len(self.curves) <= 10 else "tab20").colors
         for i, (name, points) in enumerate(self.curves.items()):
             color, marker = colors[i % len(colors)], markers[i % len(markers)]
-            frontier = pareto(points)
-            if len(points) > len(frontier):
+            groups = hulls(points)
+            vertices = sum(len(h) for h in groups)
+            if len(points) > vertices:
                 ax.scatter([1000 * p.cost for p in points], [p.quality for p in points], s=8, color=color, alpha=0.25, linewidths=0)
-            xs, ys = [1000 * p.cost for p in frontier], [p.quality for p in frontier]
-            if len(frontier) == 1:
-                ax.scatter(xs, ys, s=90, color=color, marker=marker, edgecolors="black", linewidths=0.6, label=name, zorder=4)
-            else:
-                ax.plot(xs, ys, color=color, marker=marker, markersize=4, linewidth=1.8, label=f"{name} (Pareto)", zorder=3)
+            for gi, frontier in enumerate(groups):
+                xs, ys = [1000 * p.cost for p in frontier], [p.quality for p in frontier]
+                label = (name if len(frontier) == 1 else f"{name} (hull)") if gi == 0 else None
+                if len(frontier) == 1:
+                    ax.scatter(xs, ys, s=90, color=color, marker=marker, edgecolors="black", linewidths=0.6, label=label, zorder=4)
+                else:
+                    ax.plot(xs, ys, color=color, marker=marker, markersize=4, linewidth=1.8, label=label, zorder=3)
         # hollow, so a fixed router sitting at the reference's cost stays visible inside it
         ax.scatter([base_x], [base_q], s=320, marker="*", facecolors="none", edgecolors="black", linewidths=1.2, zorder=5,
                    label=f"always-{self.reference}" if self.reference else "always-reference")
@@ -510,9 +549,9 @@ class Report:
         # Routing is about spending less than the reference: options far costlier than it
         # (e.g. the reference's own best-of-10) would squeeze every curve against the axis.
         x_max = 1.15 * base_x
-        beyond = sum(1000 * p.cost > x_max for points in self.curves.values() for p in pareto(points))
+        beyond = sum(1000 * p.cost > x_max for points in self.curves.values() for h in hulls(points) for p in h)
         ax.set_xlim(0, x_max)
-        ax.set_xlabel("Cost per 1,000 calls (USD)" + (f"  ({beyond} costlier Pareto point(s) off the right edge)" if beyond else ""))
+        ax.set_xlabel("Cost per 1,000 calls (USD)" + (f"  ({beyond} costlier hull point(s) off the right edge)" if beyond else ""))
         ax.set_ylabel(self.quality_metric[:1].upper() + self.quality_metric[1:])
         ax.set_title(f"{self.dataset}: cost vs quality")
         ax.grid(True, alpha=0.25)
@@ -682,4 +721,49 @@ def aggregate_tables(reports: Sequence[Report]) -> str:
     ]
     parts.append(_table(["Method", "APGR", "AIQ", f"Max cost reduction (%) at <= {agg['max_drop_pct']:g} % drop", "Points"], rows))
     parts.append("")
+    return "\n".join(parts)
+
+
+def aggregate_calibrated(reports: Sequence[Report]) -> str:
+    """Per calibration target over several reports (folds): which kinds of policy were
+    chosen on validation, and mean ± std of the cost reduction and quality drop measured on
+    the evaluated (test) prompts. Empty when no report has calibrated policies."""
+    rows_by_target: dict[str, list[dict[str, Any]]] = {}
+    for report in reports:
+        for row in report.calibrated:
+            rows_by_target.setdefault(str(row["target"]), []).append(row)
+    if not rows_by_target:
+        return ""
+    runs = len(reports)
+
+    def cell(values: Sequence[float]) -> str:
+        mean, std, count = _mean_std(values)
+        return _pm({"mean": mean, "std": std, "count": count}, runs)
+
+    lines = []
+    for target, rows in rows_by_target.items():
+        kinds = Counter(str(r["kind"]) for r in rows)
+        lines.append([
+            target,
+            ", ".join(f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))),
+            cell([r.get("validation_cost_reduction_pct", float("nan")) for r in rows]),
+            cell([r.get("validation_quality_drop_pct", float("nan")) for r in rows]),
+            cell([r.get("test_cost_reduction_pct", float("nan")) for r in rows]),
+            cell([r.get("test_quality_drop_pct", float("nan")) for r in rows]),
+        ])
+    parts = [
+        "## Calibrated policy (chosen on validation, measured on test)",
+        "",
+        _table(
+            ["Target", "Chosen (folds)", "Validation reduction (%)", "Validation drop (%)", "Test reduction (%)", "Test drop (%)"],
+            lines, ["l", "l", "r", "r", "r", "r"],
+        ),
+        "",
+        (
+            "Per fold, calibration picks the best policy for the target on the validation prompts among router thresholds, "
+            "router with verified escalation, constant (member, n) and verified chains; the test columns are what that "
+            "choice does on the fold's test prompts."
+        ),
+        "",
+    ]
     return "\n".join(parts)
