@@ -53,6 +53,8 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from bestroute_lc.conversation import message_text
+
 __all__ = ["ChatLlamaCppLocal", "GenerationCancelled"]
 
 #: Sampling options a call may override (``model.invoke(..., temperature=0.2, n=4)``).
@@ -72,19 +74,13 @@ class GenerationCancelled(RuntimeError):
 
 
 def _text_of(message: BaseMessage) -> str:
-    content = message.content
-    if isinstance(content, str):
-        return content
-    parts = []
-    for block in content:
-        if isinstance(block, str):
-            parts.append(block)
-        elif isinstance(block, dict) and block.get("type") == "text":
-            parts.append(str(block.get("text", "")))
-        else:
-            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
-            raise ValueError(f"ChatLlamaCppLocal takes text only; got a {kind!r} content block")
-    return "".join(parts)
+    """The message's text (``conversation.message_text``); any non-text block is refused."""
+    if not isinstance(message.content, str):
+        for block in message.content:
+            if not (isinstance(block, str) or (isinstance(block, dict) and block.get("type") == "text")):
+                kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+                raise ValueError(f"ChatLlamaCppLocal takes text only; got a {kind!r} content block")
+    return message_text(message)
 
 
 def _role_of(message: BaseMessage) -> str:
