@@ -57,7 +57,7 @@ from training.evaluation.baselines import (
     RoutingBaseline,
     run_baselines,
 )
-from training.evaluation.calibration import TARGETS, choose_policy, target_key
+from training.evaluation.calibration import choose_policy, target_key
 from training.evaluation.outcomes import RERANKER_PICKERS, EvalSet, OperatingPoint
 from training.evaluation.policies import PolicySet
 from training.evaluation.report import (
@@ -719,10 +719,12 @@ def _jsonable(value: Any) -> Any:
 
 
 def _parse_target(text: str) -> tuple[str, float]:
-    kind, _, value = text.partition("=")
-    if kind not in TARGETS or not value:
-        raise argparse.ArgumentTypeError(f"target {text!r}: use one of {', '.join(t + '=<value>' for t in TARGETS)}")
-    return kind, float(value)
+    from training.pipeline import parse_target
+
+    try:
+        return parse_target(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, table_required: bool = True) -> None:
