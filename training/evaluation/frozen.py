@@ -218,7 +218,7 @@ def fit_router_heads(
         signs = np.sign(basis[np.argmax(np.abs(basis), axis=0), np.arange(basis.shape[1])])
         basis = basis * np.where(signs == 0, 1.0, signs)  # a deterministic sign per direction
     xt, xv = xt @ basis, xv @ basis
-    yt, yv = train_y.reshape(len(train_y), -1), val_y.reshape(len(val_y), -1)
+    yt, yv = train_y.reshape(len(train_y), -1), val_y.reshape(len(val_y), int(np.prod(train_y.shape[1:])))
     outputs, hidden = yt.shape[1], xt.shape[1]
     prior = np.clip(yt.mean(axis=0), 1e-4, 1 - 1e-4)
     best: tuple[float, float, np.ndarray, np.ndarray] | None = None
@@ -308,3 +308,127 @@ def install_reward_head(reward: Any, weight: np.ndarray, info: dict[str, Any] | 
 def router_probabilities_from_features(features: np.ndarray, weight: np.ndarray, bias: np.ndarray, members: int, max_n: int) -> np.ndarray:
     """[Q, K, N] sigmoid(features @ weight.T + bias): what the installed heads predict."""
     return _sigmoid(features @ weight.T + bias).reshape(len(features), members, max_n)
+
+
+# -- cross-fitted heads, chosen by the routing metric ------------------------------------------
+#: Hyper-parameters the cross-fitted router chooses among: principal directions kept (None:
+#: every encoder dimension), L2 strength, and per-head Platt calibration on out-of-fold logits.
+COMPONENTS_GRID: tuple[int | None, ...] = (8, 16, 32, 64, None)
+CROSS_FIT_L2_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
+
+
+def _logits(features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    return features @ weight.T + bias
+
+
+def inner_folds(count: int, folds: int, seed: int) -> list[np.ndarray]:
+    """``folds`` disjoint index sets covering range(count), seeded."""
+    order = np.random.default_rng(seed).permutation(count)
+    return [np.sort(order[f::folds]) for f in range(folds)]
+
+
+def _platt_apply(logits: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    return _sigmoid(scale * logits + shift)
+
+
+def cross_fit_router_heads(
+    features: np.ndarray,
+    labels: np.ndarray,
+    routing_score: Any,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    components_grid: Sequence[int | None] = COMPONENTS_GRID,
+    l2_grid: Sequence[float] = CROSS_FIT_L2_GRID,
+    calibrate: Sequence[bool] = (False, True),
+    top: int = 1,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Router heads with every labelled prompt used for both fitting and model choice.
+
+    For each configuration (principal directions x L2 x Platt calibration or not), the heads
+    are fitted ``folds`` times, each time on all prompts but one fold, and predict the held-out
+    fold: out-of-fold probabilities [Q, K, N] for every prompt. The calibrated variant fits
+    per-head Platt scaling (``train_router.fit_platt``) on the out-of-fold logits of the other
+    folds and applies it to each fold, so its score is out-of-fold too. ``routing_score(p)``
+    (higher is better; the experiment passes the area under the cost-quality hull of Algorithm 1
+    on these prompts) chooses the configuration: the model is chosen by what it is for, not by
+    its loss. The chosen configuration is then refitted on every prompt (and calibrated on all
+    of its out-of-fold logits).
+
+    Returns (weight [K*N, H], bias [K*N], info) like ``fit_router_heads`` (Platt folded into
+    the heads); ``info["oof"]`` holds the chosen configuration's out-of-fold probabilities
+    [Q, K, N]: honest predictions for the training prompts, which calibration (choosing among
+    policies) uses instead of a small validation split.
+    """
+    from training.train_router import fit_platt
+
+    count = len(features)
+    shape = labels.shape[1:]
+    flat = labels.reshape(count, -1)
+    parts = inner_folds(count, max(2, min(folds, count)), seed)
+    prior = np.clip(flat.mean(axis=0), 1e-4, 1 - 1e-4)
+    empty_x, empty_y = np.zeros((0, features.shape[1])), np.zeros((0,) + shape)
+    results = []
+    for components in components_grid:
+        if components is not None and components >= min(count - len(parts[0]), features.shape[1]):
+            continue  # no fewer directions than the full space: the None entry covers it
+        for l2 in l2_grid:
+            oof_logits = np.zeros_like(flat)
+            for held in parts:
+                keep = np.setdiff1d(np.arange(count), held)
+                w, b, _ = fit_router_heads(features[keep], labels[keep], empty_x, empty_y, l2_grid=(l2,), components=components)
+                oof_logits[held] = _logits(features[held], w, b)
+            for platt in calibrate:
+                if platt:
+                    oof = np.zeros_like(flat)
+                    for held in parts:
+                        keep = np.setdiff1d(np.arange(count), held)
+                        scale, shift = fit_platt(oof_logits[keep], flat[keep], 1.0, prior)
+                        oof[held] = _platt_apply(oof_logits[held], scale, shift)
+                else:
+                    oof = _sigmoid(oof_logits)
+                # Scored per held-out fold (each fold's own model and its own threshold sweep, as one
+                # router is used), then averaged: concatenated predictions of different models
+                # would mix their probability scales under one threshold.
+                fold_scores = np.asarray([routing_score(oof[held].reshape((len(held),) + shape), held) for held in parts])
+                score = float(fold_scores.mean())
+                results.append({"components": components, "l2": l2, "calibrated": platt, "score": score,
+                                "_fold_scores": fold_scores,
+                                "bce": _bce(np.log(np.clip(oof, 1e-6, 1 - 1e-6) / np.clip(1 - oof, 1e-6, 1)), flat),
+                                "_oof": oof, "_oof_logits": oof_logits})
+    if not results:
+        raise ValueError("no router configuration to fit (too few prompts?)")
+    # The routing metric decides what is clearly better; it is noisy on a few hundred prompts,
+    # so every configuration within one standard error of the best (the paired difference of
+    # their per-fold scores) counts as tied, and among those the out-of-fold soft-label BCE
+    # (a proper scoring rule, much smoother) decides. ``top`` > 1 averages the best ``top``
+    # in that order (the mean of linear heads is a linear head: one router).
+    best_score = max(results, key=lambda r: r["score"])
+    def tied(r: dict[str, Any]) -> bool:
+        diff = best_score["_fold_scores"] - r["_fold_scores"]
+        return bool(diff.mean() <= diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else r is best_score
+    for r in results:
+        r["tied_with_best"] = tied(r)
+    ranked = sorted(results, key=lambda r: (not r["tied_with_best"], r["bce"], -r["score"]))
+    chosen = ranked[: max(1, top)]
+    weights, biases, oof_logits = [], [], []
+    for r in chosen:
+        w, b, _ = fit_router_heads(features, labels, empty_x, empty_y, l2_grid=(r["l2"],), components=r["components"])
+        logits = r["_oof_logits"]
+        if r["calibrated"]:
+            # Fold Platt into the heads: sigmoid(a (x W^T + b) + c) = sigmoid(x (a W)^T + (a b + c)).
+            scale, shift = fit_platt(r["_oof_logits"], flat, 1.0, prior)
+            w, b = w * scale.reshape(-1, 1), b * scale.reshape(-1) + shift.reshape(-1)
+            logits = np.log(np.clip(r["_oof"], 1e-9, 1)) - np.log(np.clip(1 - r["_oof"], 1e-9, 1))
+        weights.append(w)
+        biases.append(b)
+        oof_logits.append(logits)
+    weight, bias = np.mean(weights, axis=0), np.mean(biases, axis=0)
+    oof = _sigmoid(np.mean(oof_logits, axis=0))
+    ensemble_score = float(np.mean([routing_score(oof[held].reshape((len(held),) + shape), held) for held in parts]))
+    info = {
+        "selection": f"{len(parts)}-fold cross-fitting on {count} prompts, chosen by the routing metric",
+        "ensemble": [{k: v for k, v in r.items() if not k.startswith("_")} for r in chosen], "score": ensemble_score,
+        "candidates": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
+    }
+    return weight, bias, {**info, "oof": oof.reshape((count,) + shape)}

@@ -73,6 +73,40 @@ class RouteTable:
             ns.append(n[j])
         return Choices(np.asarray(members, dtype=int), np.asarray(ns, dtype=int))
 
+    def at_many(self, thresholds: Sequence[float] | np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """``at`` for many thresholds at once: (member [T, Q], n [T, Q]). Vectorised (a padded
+        [Q, L] table; searchsorted 'left' = the count of levels below the threshold)."""
+        count, width = len(self.levels), max((len(levels) for levels in self.levels), default=0)
+        levels = np.full((count, width), np.inf)
+        members = np.zeros((count, width + 1), dtype=int)
+        ns = np.ones((count, width + 1), dtype=int)
+        for qi, (lv, mem, n) in enumerate(zip(self.levels, self.members, self.ns)):
+            levels[qi, : len(lv)] = lv
+            members[qi, : len(mem)], ns[qi, : len(n)] = mem, n
+        thresholds = np.asarray(thresholds, dtype=float)
+        rows = np.arange(count)[None, :]
+        out_members, out_ns = np.zeros((len(thresholds), count), dtype=int), np.zeros((len(thresholds), count), dtype=int)
+        for start in range(0, len(thresholds), chunk):
+            t = thresholds[start : start + chunk]
+            j = (levels[None, :, :] < t[:, None, None]).sum(axis=2)  # [t, Q]
+            out_members[start : start + chunk], out_ns[start : start + chunk] = members[rows, j], ns[rows, j]
+        return out_members, out_ns
+
+
+def curve(
+    eval_set: EvalSet, probabilities: np.ndarray, avg_output_tokens: dict[str, float], quality: np.ndarray, cost: np.ndarray,
+    thresholds: Sequence[float] | None = None,
+) -> list[OperatingPoint]:
+    """Algorithm 1's operating points at ``thresholds`` (default: every distinct p, the exact
+    envelope), scored with [Q, M, N] ``quality`` and ``cost``: ``sweep``'s points without their
+    distributions, vectorised (model selection scores thousands of thresholds per candidate)."""
+    table = route_table(eval_set, probabilities, avg_output_tokens)
+    grid = distinct_thresholds(probabilities, eval_set) if thresholds is None else list(thresholds)
+    members, ns = table.at_many(grid)
+    rows = np.arange(len(eval_set.prompts))[None, :]
+    q, c = quality[rows, members, ns - 1].mean(axis=1), cost[rows, members, ns - 1].mean(axis=1)
+    return [OperatingPoint(float(ci), float(qi), {}, knob=float(t)) for ci, qi, t in zip(c, q, grid)]
+
 
 def route_table(
     eval_set: EvalSet, probabilities: np.ndarray, avg_output_tokens: dict[str, float], input_tokens: np.ndarray | None = None
