@@ -141,6 +141,12 @@ class TrainConfig(BaseModel):
     reward: FitConfig = Field(default_factory=FitConfig)
     router: FitConfig = Field(default_factory=FitConfig)
     router_metric: Literal["spearman", "loss"] = "spearman"
+    #: How the router is trained. ``finetune``: encoder and heads, the best epoch on the
+    #: validation prompts. ``frozen``: the backbone as it is, K x N linear heads cross-fitted on
+    #: the training prompts and chosen by the routing metric (``frozen.cross_fit_router_heads``).
+    #: ``auto``: both; the one whose routing metric on the validation prompts is higher ships
+    #: (the choice and both scores are recorded in the router's config).
+    router_encoder: Literal["finetune", "frozen", "auto"] = "auto"
     #: For scorer kind llm_judge: the member (by name) that judges.
     judge: MemberSpec | None = None
 

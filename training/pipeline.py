@@ -252,23 +252,98 @@ def read_labels(config: TrainConfig) -> dict[str, np.ndarray]:
 
 
 # -- router -------------------------------------------------------------------------------------------
-def stage_router(config: TrainConfig, progress: bool = True, overwrite: bool = False) -> Path:
-    _refuse_overwrite(config.router_dir, overwrite)
-    _, data, split = load_data(config)
-    labels = read_labels(config)
-    routed = [m.name for m in config.pool.members if m.name != config.pool.reference]
-    predictor = RouterPredictor.from_backbone(
+def _router_from_backbone(config: TrainConfig) -> RouterPredictor:
+    return RouterPredictor.from_backbone(
         config.backbone or default_backbone(),
-        members=routed,
+        members=[m.name for m in config.pool.members if m.name != config.pool.reference],
         reference=config.pool.reference,
         max_n=config.max_n,
         max_length=config.max_length,
         seed=config.router.seed,
     )
+
+
+def _routing_metric(config: TrainConfig, prompt_ids: list[str], reward: RewardPredictor | None, avg_tokens: dict[str, float]) -> Any:
+    """The routing metric (``policies.RoutingArea``) on ``prompt_ids``, best-of-n picked by the
+    proxy reward model as at run time; None when no prompt has every member's samples."""
+    from training.evaluation.from_store import eval_set_from_store
+    from training.evaluation.policies import RoutingArea
+
+    eval_set = eval_set_from_store(config, prompt_ids, reward, name="router selection")
+    if not eval_set.prompts:
+        return None
+    return RoutingArea(eval_set, "proxy" if reward is not None else "random", avg_tokens)
+
+
+def fit_frozen_router(
+    config: TrainConfig, predictor: RouterPredictor, examples: dict[str, Any], metric: Any, progress: bool = True
+) -> dict[str, Any]:
+    """Heads on the frozen backbone, cross-fitted over ``examples`` (prompt id -> RouterExample)
+    and chosen by ``metric`` (a RoutingArea over the same prompts; None: out-of-fold BCE)."""
+    from training.evaluation.frozen import (
+        cross_fit_router_heads,
+        install_router_heads,
+        router_features,
+    )
+
+    ids = [p.id for p in metric.eval_set.prompts] if metric is not None else list(examples)
+    ids = [pid for pid in ids if pid in examples]
+    features = router_features(predictor, [examples[pid].conversation for pid in ids], cache_dir=None, progress=progress)
+    labels = np.stack([examples[pid].labels for pid in ids])
+    if metric is not None and len(ids) != len(metric.eval_set.prompts):
+        metric = None  # some prompts lack labels: score by BCE rather than misalign rows
+    score = metric if metric is not None else (lambda probabilities, rows=None: 0.0)  # ties: BCE decides
+    weight, bias, info = cross_fit_router_heads(features, labels, score, seed=config.router.seed)
+    info.pop("oof")
+    install_router_heads(predictor, weight, bias, {k: v for k, v in info.items() if k != "candidates"})
+    return info
+
+
+def stage_router(config: TrainConfig, progress: bool = True, overwrite: bool = False) -> Path:
+    from training.evaluation.from_store import router_probabilities
+    from training.train_router import calibrate_router
+
+    _refuse_overwrite(config.router_dir, overwrite)
+    _, data, split = load_data(config)
+    labels = read_labels(config)
     train = router_examples(data, labels, split.train)
-    validation = router_examples(data, labels, split.validation)
-    train_router(predictor, train, validation, config.router, metric=config.router_metric, progress=progress)
-    predictor.config.avg_output_tokens = average_output_tokens(data, split.train)
+    avg_tokens = average_output_tokens(data, split.train)
+    reward = RewardPredictor.from_pretrained(config.reward_dir)
+    # The validation prompts in the routing metric's order, so that head calibration and the
+    # encoder choice are made by what the router is for (None: no prompt has every member).
+    metric = _routing_metric(config, split.validation, reward, avg_tokens)
+    if metric is not None and all(p.id in labels for p in metric.eval_set.prompts):
+        validation = router_examples(data, labels, [p.id for p in metric.eval_set.prompts])
+    else:
+        metric, validation = None, router_examples(data, labels, split.validation)
+    candidates: dict[str, RouterPredictor] = {}
+    if config.router_encoder in ("finetune", "auto"):
+        candidates["finetune"] = _router_from_backbone(config)
+        train_router(candidates["finetune"], train, validation, config.router, metric=config.router_metric, progress=progress,
+                     calibrate=False)
+    choice: dict[str, Any] = {"setting": config.router_encoder}
+    if config.router_encoder in ("frozen", "auto"):
+        frozen = _router_from_backbone(config)
+        by_id = {pid: example for pid, example in zip([p for p in split.train if p in labels], train)}
+        choice["frozen_fit"] = fit_frozen_router(config, frozen, by_id, _routing_metric(config, split.train, reward, avg_tokens), progress)
+        candidates["frozen"] = frozen
+    for predictor in candidates.values():
+        calibrate_router(predictor, train, validation, seed=config.router.seed, routing_score=metric)
+    if len(candidates) > 1:
+        # Both trained on the training prompts; the routing metric on the validation prompts
+        # (never fitted on, apart from each one's calibration) decides. Ties go to the frozen
+        # encoder: fewer parameters, and the backbone stays shared with the reward model.
+        if metric is None:
+            choice.update(chosen="frozen", reason="no validation prompt with every member's samples: the cross-fitted heads")
+        else:
+            scores = {name: float(metric(router_probabilities(p, metric.eval_set))) for name, p in candidates.items()}
+            chosen = "finetune" if scores["finetune"] > scores["frozen"] + 1e-12 else "frozen"
+            choice.update(chosen=chosen, validation_routing_area=scores, validation_prompts=len(metric.eval_set.prompts),
+                          reason="higher routing metric (mean quality over 0-60 % savings) on the validation prompts")
+    else:
+        choice["chosen"] = next(iter(candidates))
+    predictor = candidates[choice["chosen"]]
+    predictor.config.avg_output_tokens = avg_tokens
     predictor.config.prices = {m.name: m.resolved_prices() for m in config.pool.members}
     predictor.config.training.update(
         {
@@ -278,6 +353,7 @@ def stage_router(config: TrainConfig, progress: bool = True, overwrite: bool = F
             "label_tolerance": config.label_tolerance,
             "labels": "exact, n of m without replacement (training/labels.py)",
             "scorer": config.scorer,
+            "encoder_choice": choice,
         }
     )
     if is_main_process():

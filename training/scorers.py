@@ -46,7 +46,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bestroute_lc.answers import extract_numeric_answer
 from training.records import PromptRecord
@@ -706,7 +706,7 @@ class PerPromptScorer(GroundTruthScorer):
     """
 
     name = "per_prompt"
-    DEFAULT_SPECS: dict[str, dict[str, Any]] = {"numeric": {"kind": "numeric"}, "code_tests": {"kind": "code_tests", "timeout_s": 10.0}}
+    DEFAULT_SPECS: ClassVar[dict[str, dict[str, Any]]] = {"numeric": {"kind": "numeric"}, "code_tests": {"kind": "code_tests", "timeout_s": 10.0}}
 
     def __init__(self, specs: dict[str, dict[str, Any]] | None = None, by_source: dict[str, str] | None = None, *, judge: Any = None) -> None:
         specs = dict(specs or self.DEFAULT_SPECS)

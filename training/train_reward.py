@@ -10,7 +10,7 @@ Checkpoint: the epoch with the best validation pairwise accuracy.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +94,7 @@ def train_reward_model(
     )
     predictor.module.to(predictor.device).eval()
     gains = pick_gain_by_member(predictor, data, validation_ids)
-    predictor.config.untrusted_members = sorted(m for m, g in gains.items() if not g["gain"] > 0)
+    predictor.config.untrusted_members = untrusted_members(gains)
     predictor.config.training.update(
         {
             "objective": "pairwise ranking (worst<median<best per prompt and member)",
@@ -112,29 +112,44 @@ def train_reward_model(
 
 def pick_gain_by_member(predictor: RewardPredictor, data: dict[str, PromptData], prompt_ids: Iterable[str]) -> dict[str, dict[str, float]]:
     """Per member: the expected ground truth of the reward model's best-of-n pick and of
-    a random pick, averaged over n = 2..m and the given prompts (exact, over every
-    n-subset; see ``training.labels.best_of_n_expectation``), and their difference.
-    A member whose gain is not positive gets its first sample at run time instead."""
+    a random pick (see ``pick_gains``) on the given prompts. A member whose gain is not
+    positive gets its first sample at run time instead."""
+
+    def items() -> Iterator[tuple[str, Sequence[float], Sequence[float]]]:
+        for prompt_id in prompt_ids:
+            entry = data[prompt_id]
+            prompt = render_conversation(entry.prompt.chat_messages()).text
+            for member, samples in entry.members.items():
+                if len(samples.texts) >= 2:
+                    yield member, predictor.score(prompt, list(samples.texts)), samples.gt_scores
+
+    return pick_gains(items())
+
+
+def pick_gains(items: Iterable[tuple[str, Sequence[float], Sequence[float]]]) -> dict[str, dict[str, float]]:
+    """Per member, from (member, proxy scores, ground truth) of each prompt: the expected
+    ground truth of the best-of-n pick by the proxy and of a random pick, averaged over
+    n = 2..m and the prompts (exact, over every n-subset; ``training.labels.best_of_n_expectation``),
+    and their difference ``gain``. Prompts with fewer than 2 samples are skipped."""
     from training.labels import best_of_n_expectation
 
     totals: dict[str, list[float]] = {}
-    for prompt_id in prompt_ids:
-        entry = data[prompt_id]
-        prompt = render_conversation(entry.prompt.chat_messages()).text
-        for member, samples in entry.members.items():
-            m = len(samples.texts)
-            if m < 2:
-                continue
-            gt = np.asarray(samples.gt_scores, dtype=float)
-            ns = list(range(2, m + 1))
-            proxy = np.asarray(predictor.score(prompt, list(samples.texts)), dtype=float)
-            picked = float(np.mean(best_of_n_expectation(proxy, gt, ns)))
-            total = totals.setdefault(member, [0.0, 0.0, 0.0])
-            total[0] += picked
-            total[1] += float(gt.mean())
-            total[2] += 1
+    for member, proxy_scores, gt_scores in items:
+        gt = np.asarray(gt_scores, dtype=float)
+        m = len(gt)
+        if m < 2:
+            continue
+        picked = float(np.mean(best_of_n_expectation(np.asarray(proxy_scores, dtype=float), gt, list(range(2, m + 1)))))
+        total = totals.setdefault(member, [0.0, 0.0, 0.0])
+        total[0] += picked
+        total[1] += float(gt.mean())
+        total[2] += 1
     return {
         member: {"proxy": p / c, "random": r / c, "gain": (p - r) / c, "prompts": c}
         for member, (p, r, c) in totals.items()
     }
 
+
+def untrusted_members(gains: dict[str, dict[str, float]]) -> list[str]:
+    """Members whose proxy pick is not better than a random one (the engine keeps their first sample)."""
+    return sorted(m for m, g in gains.items() if not g["gain"] > 0)

@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 
 from tests.training.test_eval_policies import difficulty_set, labels_of
-from training.evaluation.experiment import RoutingArea, Settings
-from training.evaluation.frozen import cross_fit_router_heads, inner_folds, router_probabilities_from_features
-from training.evaluation.policies import PolicySet
+from training.evaluation.experiment import Settings
+from training.evaluation.frozen import (
+    cross_fit_router_heads,
+    inner_folds,
+    router_probabilities_from_features,
+)
+from training.evaluation.policies import PolicySet, RoutingArea
 from training.evaluation.sweep import Baseline, aiq, curve, route_table, sweep
 
 
@@ -79,3 +83,20 @@ def test_crossfit_needs_the_frozen_encoder() -> None:
         Settings(encoder="finetune", router_fit="crossfit")
     with pytest.raises(ValueError, match="unknown router fit"):
         Settings(router_fit="bagging")
+
+
+def test_head_calibration_chosen_by_the_routing_metric_keeps_a_router_with_signal() -> None:
+    """BCE with the one-standard-error rule can shrink a useful router to a constant; with the
+    routing metric the shrinkage (or the raw heads) is what routes best out of fold."""
+    from training.train_router import fit_head_calibration
+
+    data = difficulty_set(4, prompts=60)
+    labels = labels_of(data)
+    logits = np.log(np.clip(labels, 0.02, 0.98) / (1 - np.clip(labels, 0.02, 0.98)))  # informative heads
+    metric = RoutingArea(data, "proxy", data.average_output_tokens(), max_reduction=None)
+    calibration = fit_head_calibration(labels, logits, labels, seed=0, routing_score=metric)
+    scores = calibration.fit["routing_score_by_weight"]
+    assert set(scores) == {"raw", *(str(w) for w in np.round(np.linspace(0, 1, 11), 2))}
+    assert calibration.fit["chosen"] != "0.0" and calibration.weight > 0
+    assert scores[calibration.fit["chosen"]] == max(scores.values())
+    assert scores[calibration.fit["chosen"]] > scores["0.0"]  # better than the prior (a constant policy)

@@ -82,3 +82,33 @@ def test_evaluate_reports_families_and_calibrated_policies(tmp_path: Path) -> No
     assert {"BEST-Route", "BEST-Route + verified escalation", "verified chains", "best constant", "n-label"} <= set(report["methods"])
     assert [row["target"] for row in report["calibrated"]] == ["cost_reduction=0.5"]
     assert "cost_reduction=0.5" in json.loads((config.router_dir / "config.json").read_text())["policies"]
+
+
+def test_members_the_reward_model_is_not_trusted_for_are_evaluated_as_a_random_pick(tmp_path: Path) -> None:
+    """The engine keeps an untrusted member's first sample (a uniform pick): the evaluator must
+    score that, not the reward model's pick."""
+    from bestroute_lc.reward import RewardPredictor
+
+    _, config = trained(tmp_path)
+    reward = RewardPredictor.from_pretrained(config.reward_dir)
+    reward.config.untrusted_members = ["toy-cheap"]
+    eval_set = eval_set_from_store(config, ["q0", "q1", "q2"], reward)
+    for prompt in eval_set.prompts:
+        assert not prompt.members["toy-cheap"].proxy.any()  # tied: a uniform pick
+        trusted = prompt.members["toy-mid"].proxy
+        assert trusted.tolist() == pytest.approx(reward.score(prompt.conversation.text, load_data(config)[1][prompt.id].members["toy-mid"].texts))
+    quality = eval_set.quality("proxy")
+    cheap = eval_set.members.index("toy-cheap")
+    for q, prompt in enumerate(eval_set.prompts):  # every n: the mean of the member's samples
+        assert quality[q, cheap, :] == pytest.approx(prompt.members["toy-cheap"].gt.mean())
+
+
+def test_pick_gains_mark_a_proxy_that_picks_worse_than_random_untrusted() -> None:
+    from training.train_reward import pick_gains, untrusted_members
+
+    rows = [("good", [3, 2, 1], [1, 0, 0]), ("bad", [1, 2, 3], [1, 0, 0]), ("flat", [0, 0, 0], [1, 0, 0]),
+            ("good", [1, 0], [1, 0])]
+    gains = pick_gains(rows)
+    assert gains["good"]["gain"] > 0 and gains["bad"]["gain"] < 0 and gains["flat"]["gain"] == pytest.approx(0)
+    assert gains["good"]["prompts"] == 2
+    assert untrusted_members(gains) == ["bad", "flat"]

@@ -164,12 +164,23 @@ def test_bring_your_own_samples_and_scores(tmp_path: Path) -> None:
     assert router_config["members"] == ["toy-mid", "toy-cheap"]
     assert router_config["avg_output_tokens"]["toy-cheap"] == pytest.approx(6.0)
     assert router_config["prices"]["toy-cheap"]["input_per_mtok"] == pytest.approx(0.1)
+    # router_encoder auto: fine-tuned and frozen-encoder routers both trained, the routing metric
+    # on the validation prompts chose one, and the artifact says which and why
+    choice = router_config["training"]["encoder_choice"]
+    assert choice["setting"] == "auto" and choice["chosen"] in ("finetune", "frozen")
+    scores = choice["validation_routing_area"]
+    assert set(scores) == {"finetune", "frozen"} and all(0.0 <= v <= 1.0 for v in scores.values())
+    assert scores[choice["chosen"]] == max(scores.values())
+    assert choice["frozen_fit"]["selection"].startswith("5-fold cross-fitting")
+    assert router_config["head_calibration"] is None or "weight" in router_config["head_calibration"]
 
 
 def test_training_scales_out_to_two_processes(tmp_path: Path) -> None:
     """The same CLI under a 2-process launcher (DDP on CPU with gloo) trains and writes
     each artifact once, from the main process."""
     config_path = write_run(tmp_path, "http://127.0.0.1:9/v1")
+    raw = yaml.safe_load(config_path.read_text())
+    config_path.write_text(yaml.safe_dump({**raw, "router_encoder": "finetune"}))  # DDP fine-tuning is what is tested
     config = load_config(config_path)
     write_own_samples(config)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -220,8 +231,10 @@ def test_calibrate_stores_thresholds_the_chat_model_uses(tmp_path: Path, capsys)
     args = ["calibrate", "--config", str(config_path), "--target", "reference_share=1", "--target", "budget_per_1000=1000"]
     assert cli.main(args) == 0
     stored = json.loads((config.router_dir / "config.json").read_text())
-    assert set(stored["thresholds"]) == {"reference_share=1", "budget_per_1000=1000"}
-    assert stored["training"]["calibration"]["reference_share=1"]["reference_share"] == 1.0
+    # a router threshold is stored for every target the router alone can meet; with a head that
+    # predicts p = 1 (every training label 1) no threshold in [0, 1] sends everything to the reference
+    assert "budget_per_1000=1000" in stored["thresholds"] and set(stored["thresholds"]) <= {"reference_share=1", "budget_per_1000=1000"}
+    assert set(stored["policies"]) == {"reference_share=1", "budget_per_1000=1000"}
     llm = BestRouteChatModel.from_pretrained(
         config.router_dir, config.reward_dir, pool=config.pool.build(), target_reference_share=1
     )
@@ -241,7 +254,7 @@ def test_evaluate_writes_the_report(tmp_path: Path) -> None:
     for stage in ("reward", "labels", "router"):
         assert cli.main([stage, "--config", str(config_path), "--no-progress"]) == 0
     assert cli.main(["evaluate", "--config", str(config_path), "--no-progress", "--target", "reference_share=1"]) == 0
-    assert "reference_share=1" in json.loads((config.router_dir / "config.json").read_text())["thresholds"]
+    assert "reference_share=1" in json.loads((config.router_dir / "config.json").read_text())["policies"]
     report = config.work_dir / "report"
     text = (report / "report.md").read_text()
     assert "Table 1" in text and "BEST-Route (oracle picker)" in text and "n-label" in text

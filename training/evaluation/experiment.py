@@ -58,18 +58,17 @@ from training.evaluation.baselines import (
     run_baselines,
 )
 from training.evaluation.calibration import choose_policy, target_key
-from training.evaluation.chains import StageArrays
 from training.evaluation.outcomes import RERANKER_PICKERS, EvalSet, OperatingPoint
-from training.evaluation.policies import PolicySet
+from training.evaluation.policies import PolicySet, RoutingArea
 from training.evaluation.report import (
     Report,
     aggregate,
     aggregate_calibrated,
     aggregate_tables,
-    cheapest_single_option,
 )
-from training.evaluation.sweep import Baseline, aiq, curve
+from training.evaluation.sweep import Baseline
 from training.records import PromptRecord
+from training.train_reward import pick_gains, untrusted_members
 
 logger = logging.getLogger(__name__)
 
@@ -355,51 +354,6 @@ def _proxy_scores(
     return out, {"reward": {"best_epoch": result.best_epoch, "best_metric": result.best_metric}}
 
 
-class RoutingArea:
-    """The routing metric models are chosen by: mean quality of Algorithm 1's upper convex hull
-    (with always-reference) over the costs users operate at, from ``max_reduction`` below
-    always-reference (default 60 %, Table 1's range; None: from the cheapest single option,
-    RouterBench's AIQ / APGR range) up to always-reference, on ``eval_set``. The whole range
-    would be dominated by near-free operating points nobody runs. With a
-    verifier, the curve is the router with verified escalation, the policy that runs. Called
-    with [Q, K, N] probabilities for ``eval_set``'s prompts, in its order."""
-
-    def __init__(self, eval_set: EvalSet, picker: str, avg_output_tokens: dict[str, float], *,
-                 verifier: str | None = None, on_unverifiable: str = "accept", max_reduction: float | None = 0.6) -> None:
-        self.eval_set, self.avg_output_tokens = eval_set, avg_output_tokens
-        if verifier is None:
-            self.quality, self.cost = eval_set.quality(picker), eval_set.cost()  # type: ignore[arg-type]
-        else:
-            self.quality, self.cost, _ = StageArrays.of(eval_set, picker, on_unverifiable).escalated()  # type: ignore[arg-type]
-        self.baseline = Baseline.of(eval_set)
-        self.low = self._low(eval_set, self.baseline, max_reduction)
-        self.max_reduction = max_reduction
-
-        self._parts: dict[tuple[int, ...], RoutingArea] = {}
-
-    def __call__(self, probabilities: np.ndarray, rows: Sequence[int] | np.ndarray | None = None) -> float:
-        """The metric on all prompts, or on ``rows`` (ascending indices into the prompts) only."""
-        if rows is not None:
-            key = tuple(int(r) for r in rows)
-            if key not in self._parts:
-                subset = self.eval_set.subset([self.eval_set.prompts[r].id for r in key])
-                part = RoutingArea.__new__(RoutingArea)
-                part.eval_set, part.avg_output_tokens, part._parts = subset, self.avg_output_tokens, {}
-                index = np.asarray(key)
-                part.quality, part.cost = self.quality[index], self.cost[index]
-                part.baseline, part.max_reduction = Baseline.of(subset), self.max_reduction
-                part.low = self._low(subset, part.baseline, self.max_reduction)
-                self._parts[key] = part
-            return self._parts[key](probabilities)
-        points = curve(self.eval_set, probabilities, self.avg_output_tokens, self.quality, self.cost)
-        return aiq(points, self.low, self.baseline.cost, self.baseline)
-
-    @staticmethod
-    def _low(eval_set: EvalSet, baseline: Baseline, max_reduction: float | None) -> float:
-        cheapest = cheapest_single_option(eval_set).cost
-        return cheapest if max_reduction is None else max(cheapest, (1.0 - max_reduction) * baseline.cost)
-
-
 def _router_probabilities(
     parts: list[tuple[EvalSet, list[str]]], train: TableData, train_set: EvalSet, train_ids: list[str], val_ids: list[str],
     seed: int, settings: Settings,
@@ -427,21 +381,25 @@ def _router_probabilities(
             fit_router_heads,
             install_router_heads,
             router_features,
-            router_probabilities_from_features,
         )
 
         def predict(weight: np.ndarray, bias: np.ndarray) -> list[np.ndarray]:
+            """Each part's probabilities as the installed router gives them (its head calibration included)."""
+            from bestroute_lc.router import calibrated_probabilities
+
             out = []
             for eval_set, _ in parts:
                 f = router_features(router, [p.conversation for p in eval_set.prompts], cache_dir=settings.feature_cache,
                                     backbone=backbone)
-                out.append(router_probabilities_from_features(f, weight, bias, len(eval_set.routed), eval_set.max_n))
+                logits = (f @ weight.T + bias).reshape(len(f), len(eval_set.routed), eval_set.max_n)
+                out.append(calibrated_probabilities(logits, router.config.head_calibration).astype(np.float64))
             return out
 
         if settings.router_fit == "split":
             conversations = {p.id: p.conversation for p in train_set.prompts}
             fit_ids = [pid for pid in train_ids if pid in labels]
-            val_fit = [pid for pid in val_ids if pid in labels]
+            val_eval = train_set.subset([pid for pid in val_ids if pid in labels])
+            val_fit = [p.id for p in val_eval.prompts]  # the routing metric's prompt order
             feats = router_features(router, [conversations[p] for p in fit_ids + val_fit], cache_dir=settings.feature_cache,
                                     backbone=backbone, progress=settings.progress)
             weight, bias, info = fit_router_heads(
@@ -450,6 +408,24 @@ def _router_probabilities(
                 seed=seed,
             )
             install_router_heads(router, weight, bias, info)
+            # The head calibration bestroute-train ships (Platt per head + shrinkage to the prior,
+            # fitted on the validation prompts), so the router evaluated is the runtime's.
+            from training.train_router import (
+                MIN_CALIBRATION_PROMPTS,
+                fit_head_calibration,
+            )
+
+            shape = (len(train_set.routed), train_set.max_n)
+            if len(val_fit) >= MIN_CALIBRATION_PROMPTS:
+                val_logits = (feats[len(fit_ids):] @ weight.T + bias).reshape((len(val_fit),) + shape)
+                verifier = None if settings.verifier == "none" else settings.verifier
+                metric = RoutingArea(val_eval, picker, train_set.subset(train_ids).average_output_tokens(), verifier=verifier,
+                                     on_unverifiable=settings.on_unverifiable)
+                router.config.head_calibration = fit_head_calibration(
+                    np.stack([labels[p] for p in fit_ids]), val_logits, np.stack([labels[p] for p in val_fit]), seed=seed,
+                    routing_score=metric,
+                )
+                info["head_calibration"] = router.config.head_calibration.fit.get("chosen")
             return predict(weight, bias), {"router": {k: v for k, v in info.items() if k != "history"}}, None
         # Cross-fitting: every labelled prompt (training and validation split alike) fits the
         # heads and scores the configurations out of fold; nothing is spent on validation only.
@@ -552,12 +528,21 @@ def run_fold(
     proxy_needed = scored_train.max_n > 1 and picker in ("proxy", "execution")
     if proxy_needed:
         scores, info = _proxy_scores(parts, train, train_ids, val_ids, seed, settings)
+        untrusted: list[str] = []
+        if picker == "proxy":
+            # As ``bestroute-train reward`` does: a member whose validation pick by the reward model
+            # is not better than random is untrusted, and the engine keeps its first sample (a
+            # uniform pick: tied proxy scores reproduce it exactly).
+            by_id = {p.id: p for p in scored_train.prompts}
+            gains = pick_gains((m, scores[("0", pid, m)], o.gt) for pid in val_ids for m, o in by_id[pid].members.items())
+            untrusted = untrusted_members(gains)
+            info.setdefault("reward", {}).update(untrusted_members=untrusted, validation_pick_gain=gains)
         training.update(info)
         for key, (eval_set, ids) in enumerate(((scored_train, train_ids + val_ids), (scored_test, test_ids))):
             prompts = {p.id: p for p in eval_set.prompts}
             for pid in ids:
                 for member, outcome in prompts[pid].members.items():
-                    outcome.proxy = scores[(str(key), pid, member)]
+                    outcome.proxy = scores[(str(key), pid, member)] if member not in untrusted else np.zeros(len(outcome.gt))
     else:  # n = 1 only (the pick is the one sample) or a picker that needs no proxy
         for eval_set in {id(scored_train): scored_train, id(scored_test): scored_test}.values():
             for prompt in eval_set.prompts:

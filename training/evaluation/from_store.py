@@ -45,7 +45,13 @@ def eval_set_from_store(
         input_tokens = float(approximate_tokens(conversation.text))  # see the module docstring
         for member in members:
             samples = entry.members[member]
-            proxy = np.asarray(reward.score(conversation.text, samples.texts)) if reward is not None else None
+            proxy = None
+            if reward is not None:
+                # A member the reward model is not trusted for keeps its first sample at run time
+                # (``Reranker.trusted_for``): samples arrive in random order, so that is a uniform
+                # pick, which tied proxy scores reproduce exactly.
+                proxy = (np.asarray(reward.score(conversation.text, samples.texts)) if reward.trusted_for(member)
+                         else np.zeros(len(samples.texts)))
             outcomes[member] = MemberOutcomes(
                 gt=np.asarray(samples.gt_scores, dtype=float),
                 output_tokens=np.asarray(samples.output_tokens, dtype=float),

@@ -31,7 +31,14 @@ from training.evaluation.outcomes import (
     OperatingPoint,
     evaluate,
 )
-from training.evaluation.sweep import distinct_thresholds, route_table
+from training.evaluation.report import cheapest_single_option
+from training.evaluation.sweep import (
+    Baseline,
+    aiq,
+    curve,
+    distinct_thresholds,
+    route_table,
+)
 
 Kind = Literal["router", "constant", "verified"]
 #: Simpler kinds first: the order that breaks exact ties in calibration.
@@ -220,3 +227,48 @@ class PolicySet:
 def reference_share(point: OperatingPoint, reference: str) -> float:
     """Expected share of calls the reference answers."""
     return sum(share for label, share in point.distribution.items() if label.rpartition(":")[0] == reference)
+
+
+class RoutingArea:
+    """The routing metric models are chosen by: mean quality of Algorithm 1's upper convex hull
+    (with always-reference) over the costs users operate at, from ``max_reduction`` below
+    always-reference (default 60 %, Table 1's range; None: from the cheapest single option,
+    RouterBench's AIQ / APGR range) up to always-reference, on ``eval_set``. The whole range
+    would be dominated by near-free operating points nobody runs. With a
+    verifier, the curve is the router with verified escalation, the policy that runs. Called
+    with [Q, K, N] probabilities for ``eval_set``'s prompts, in its order."""
+
+    def __init__(self, eval_set: EvalSet, picker: str, avg_output_tokens: dict[str, float], *,
+                 verifier: str | None = None, on_unverifiable: str = "accept", max_reduction: float | None = 0.6) -> None:
+        self.eval_set, self.avg_output_tokens = eval_set, avg_output_tokens
+        if verifier is None:
+            self.quality, self.cost = eval_set.quality(picker), eval_set.cost()  # type: ignore[arg-type]
+        else:
+            self.quality, self.cost, _ = StageArrays.of(eval_set, picker, on_unverifiable).escalated()  # type: ignore[arg-type]
+        self.baseline = Baseline.of(eval_set)
+        self.low = self._low(eval_set, self.baseline, max_reduction)
+        self.max_reduction = max_reduction
+
+        self._parts: dict[tuple[int, ...], RoutingArea] = {}
+
+    def __call__(self, probabilities: np.ndarray, rows: Sequence[int] | np.ndarray | None = None) -> float:
+        """The metric on all prompts, or on ``rows`` (ascending indices into the prompts) only."""
+        if rows is not None:
+            key = tuple(int(r) for r in rows)
+            if key not in self._parts:
+                subset = self.eval_set.subset([self.eval_set.prompts[r].id for r in key])
+                part = RoutingArea.__new__(RoutingArea)
+                part.eval_set, part.avg_output_tokens, part._parts = subset, self.avg_output_tokens, {}
+                index = np.asarray(key)
+                part.quality, part.cost = self.quality[index], self.cost[index]
+                part.baseline, part.max_reduction = Baseline.of(subset), self.max_reduction
+                part.low = self._low(subset, part.baseline, self.max_reduction)
+                self._parts[key] = part
+            return self._parts[key](probabilities)
+        points = curve(self.eval_set, probabilities, self.avg_output_tokens, self.quality, self.cost)
+        return aiq(points, self.low, self.baseline.cost, self.baseline)
+
+    @staticmethod
+    def _low(eval_set: EvalSet, baseline: Baseline, max_reduction: float | None) -> float:
+        cheapest = cheapest_single_option(eval_set).cost
+        return cheapest if max_reduction is None else max(cheapest, (1.0 - max_reduction) * baseline.cost)
