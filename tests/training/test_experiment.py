@@ -113,3 +113,14 @@ def test_cli_evaluate_on_tables(backbone: Path, small_files, tmp_path: Path, cap
     assert "random" in json.loads((out / "aggregate.json").read_text())["settings"]["picker"]
     assert cli.main(["evaluate", "--table", "humaneval", "--train-data", str(small_files[0])]) == 2
     assert "--test-data" in capsys.readouterr().err
+
+
+def test_fine_tuned_and_cross_fitted_routers_train_and_score(backbone: Path, small_files, tmp_path: Path) -> None:
+    train, test = load_table("humaneval", small_files[0]), load_table("humaneval", small_files[1])
+    tuned = train_test(train, test, settings(backbone, tmp_path, encoder="finetune", epochs=1), seed=1)
+    assert tuned.training["router"]["best_epoch"] >= 1 and "head_calibration" in tuned.training["router"]
+    assert tuned.probabilities.shape == (6, 3, train.eval_set.max_n) and np.all((tuned.probabilities >= 0) & (tuned.probabilities <= 1))
+    crossfit = train_test(train, test, settings(backbone, tmp_path, router_fit="crossfit"), seed=1)
+    info = crossfit.training["router"]
+    assert info["selection"].startswith("5-fold cross-fitting") and len(info["candidates"]) >= 2
+    assert len(crossfit.report.curves["BEST-Route"]) >= 2

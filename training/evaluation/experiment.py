@@ -354,6 +354,19 @@ def _proxy_scores(
     return out, {"reward": {"best_epoch": result.best_epoch, "best_metric": result.best_metric}}
 
 
+def _validation_metric(
+    train_set: EvalSet, train_ids: list[str], val_ids: list[str], labels: dict[str, np.ndarray], settings: Settings,
+) -> tuple[list[str], RoutingArea]:
+    """The labelled validation prompts in the routing metric's order, and that metric (the
+    picker, verifier and training-split output lengths of the run): what head calibration
+    chooses by, as in ``bestroute-train router``."""
+    val_eval = train_set.subset([pid for pid in val_ids if pid in labels])
+    verifier = None if settings.verifier == "none" else settings.verifier
+    metric = RoutingArea(val_eval, settings.picker, train_set.subset(train_ids).average_output_tokens(), verifier=verifier,
+                         on_unverifiable=settings.on_unverifiable)
+    return [p.id for p in val_eval.prompts], metric
+
+
 def _router_probabilities(
     parts: list[tuple[EvalSet, list[str]]], train: TableData, train_set: EvalSet, train_ids: list[str], val_ids: list[str],
     seed: int, settings: Settings,
@@ -398,8 +411,7 @@ def _router_probabilities(
         if settings.router_fit == "split":
             conversations = {p.id: p.conversation for p in train_set.prompts}
             fit_ids = [pid for pid in train_ids if pid in labels]
-            val_eval = train_set.subset([pid for pid in val_ids if pid in labels])
-            val_fit = [p.id for p in val_eval.prompts]  # the routing metric's prompt order
+            val_fit, metric = _validation_metric(train_set, train_ids, val_ids, labels, settings)
             feats = router_features(router, [conversations[p] for p in fit_ids + val_fit], cache_dir=settings.feature_cache,
                                     backbone=backbone, progress=settings.progress)
             weight, bias, info = fit_router_heads(
@@ -418,9 +430,6 @@ def _router_probabilities(
             shape = (len(train_set.routed), train_set.max_n)
             if len(val_fit) >= MIN_CALIBRATION_PROMPTS:
                 val_logits = (feats[len(fit_ids):] @ weight.T + bias).reshape((len(val_fit),) + shape)
-                verifier = None if settings.verifier == "none" else settings.verifier
-                metric = RoutingArea(val_eval, picker, train_set.subset(train_ids).average_output_tokens(), verifier=verifier,
-                                     on_unverifiable=settings.on_unverifiable)
                 router.config.head_calibration = fit_head_calibration(
                     np.stack([labels[p] for p in fit_ids]), val_logits, np.stack([labels[p] for p in val_fit]), seed=seed,
                     routing_score=metric,
@@ -442,14 +451,16 @@ def _router_probabilities(
         install_router_heads(router, weight, bias, {k: v for k, v in info.items() if k != "candidates"})
         return predict(weight, bias), {"router": info}, (selection_set, oof)
     from training.evaluation.from_store import router_probabilities
-    from training.train_router import router_examples, train_router
+    from training.train_router import calibrate_router, router_examples, train_router
 
-    result = train_router(
-        router, router_examples(train.data, labels, train_ids), router_examples(train.data, labels, val_ids),
-        _fit_config(settings, seed), progress=settings.progress,
-    )
+    val_fit, metric = _validation_metric(train_set, train_ids, val_ids, labels, settings)
+    train_examples, val_examples = router_examples(train.data, labels, train_ids), router_examples(train.data, labels, val_fit)
+    result = train_router(router, train_examples, val_examples, _fit_config(settings, seed), progress=settings.progress,
+                          calibrate=False)
+    calibration = calibrate_router(router, train_examples, val_examples, seed=seed, routing_score=metric)
     return [router_probabilities(router, eval_set) for eval_set, _ in parts], {
-        "router": {"best_epoch": result.best_epoch, "best_metric": result.best_metric}
+        "router": {"best_epoch": result.best_epoch, "best_metric": result.best_metric,
+                   "head_calibration": calibration.fit.get("chosen") if calibration is not None else None}
     }, None
 
 
