@@ -124,3 +124,18 @@ def test_fine_tuned_and_cross_fitted_routers_train_and_score(backbone: Path, sma
     info = crossfit.training["router"]
     assert info["selection"].startswith("5-fold cross-fitting") and len(info["candidates"]) >= 2
     assert len(crossfit.report.curves["BEST-Route"]) >= 2
+
+
+def test_repeated_kfold_aggregates_every_repeat(backbone: Path, small_files, tmp_path: Path) -> None:
+    from training.evaluation import experiment
+
+    out = tmp_path / "repeated"
+    args = ["humaneval", "--out", str(out), "--data-dir", str(small_files[0]), "--folds", "3", "--repeats", "2",
+            "--backbone", str(backbone), "--max-length", "64", "--reranker", "random", "--no-cascades", "--no-plots",
+            "--cache-dir", str(tmp_path / "cache"), "--feature-cache", str(tmp_path / "features")]
+    assert experiment.main(args) == 0
+    data = json.loads((out / "aggregate.json").read_text())
+    assert data["runs"] == 6 and len(data["training"]) == 6
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("fold")) == ["fold1", "fold2", "fold3"]
+    pooled = json.loads((out / "pooled" / "report.json").read_text())
+    assert pooled["split"] == {"pooled_folds": 6}
