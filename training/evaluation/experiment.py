@@ -872,10 +872,11 @@ def run_from_args(args: argparse.Namespace, table: str) -> str:
         # Repeated k-fold: one split is one draw of luck (on GSM8K, seeds 0 and 1 put N-label ahead of
         # and behind BEST-Route at 10 % savings); every repeat re-deals the folds with the next seed.
         data = load_table(table, getattr(args, "data_dir", None))
-        results = [r for repeat in range(args.repeats)
+        results = [r for repeat in range(getattr(args, "repeats", 1))
                    for r in cross_validate(data, settings, folds=args.folds, seed=args.seed + repeat)]
     command["wall_seconds"] = round(time.perf_counter() - started, 1)
-    return write_outputs(Path(args.out), results, settings, command, plots=not args.no_plots, fold_dirs=args.folds)
+    return write_outputs(Path(args.out), results, settings, command, plots=not args.no_plots,
+                         fold_dirs=getattr(args, "folds", None))  # bestroute-train evaluate: one train/test run
 
 
 def main(argv: list[str] | None = None) -> int:
