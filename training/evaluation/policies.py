@@ -240,35 +240,31 @@ class RoutingArea:
 
     def __init__(self, eval_set: EvalSet, picker: str, avg_output_tokens: dict[str, float], *,
                  verifier: str | None = None, on_unverifiable: str = "accept", max_reduction: float | None = 0.6) -> None:
-        self.eval_set, self.avg_output_tokens = eval_set, avg_output_tokens
         if verifier is None:
-            self.quality, self.cost = eval_set.quality(picker), eval_set.cost()  # type: ignore[arg-type]
+            quality, cost = eval_set.quality(picker), eval_set.cost()  # type: ignore[arg-type]
         else:
-            self.quality, self.cost, _ = StageArrays.of(eval_set, picker, on_unverifiable).escalated()  # type: ignore[arg-type]
-        self.baseline = Baseline.of(eval_set)
-        self.low = self._low(eval_set, self.baseline, max_reduction)
-        self.max_reduction = max_reduction
+            quality, cost, _ = StageArrays.of(eval_set, picker, on_unverifiable).escalated()  # type: ignore[arg-type]
+        self._bind(eval_set, avg_output_tokens, quality, cost, max_reduction)
 
+    def _bind(self, eval_set: EvalSet, avg_output_tokens: dict[str, float], quality: np.ndarray, cost: np.ndarray,
+              max_reduction: float | None) -> None:
+        self.eval_set, self.avg_output_tokens, self.max_reduction = eval_set, avg_output_tokens, max_reduction
+        self.quality, self.cost = quality, cost
+        self.baseline = Baseline.of(eval_set)
+        cheapest = cheapest_single_option(eval_set).cost
+        self.low = cheapest if max_reduction is None else max(cheapest, (1.0 - max_reduction) * self.baseline.cost)
         self._parts: dict[tuple[int, ...], RoutingArea] = {}
 
     def __call__(self, probabilities: np.ndarray, rows: Sequence[int] | np.ndarray | None = None) -> float:
         """The metric on all prompts, or on ``rows`` (ascending indices into the prompts) only."""
         if rows is not None:
             key = tuple(int(r) for r in rows)
-            if key not in self._parts:
-                subset = self.eval_set.subset([self.eval_set.prompts[r].id for r in key])
+            if key not in self._parts:  # the prompts' rows of the arrays already computed
                 part = RoutingArea.__new__(RoutingArea)
-                part.eval_set, part.avg_output_tokens, part._parts = subset, self.avg_output_tokens, {}
                 index = np.asarray(key)
-                part.quality, part.cost = self.quality[index], self.cost[index]
-                part.baseline, part.max_reduction = Baseline.of(subset), self.max_reduction
-                part.low = self._low(subset, part.baseline, self.max_reduction)
+                part._bind(self.eval_set.subset([self.eval_set.prompts[r].id for r in key]), self.avg_output_tokens,
+                           self.quality[index], self.cost[index], self.max_reduction)
                 self._parts[key] = part
             return self._parts[key](probabilities)
         points = curve(self.eval_set, probabilities, self.avg_output_tokens, self.quality, self.cost)
         return aiq(points, self.low, self.baseline.cost, self.baseline)
-
-    @staticmethod
-    def _low(eval_set: EvalSet, baseline: Baseline, max_reduction: float | None) -> float:
-        cheapest = cheapest_single_option(eval_set).cost
-        return cheapest if max_reduction is None else max(cheapest, (1.0 - max_reduction) * baseline.cost)
