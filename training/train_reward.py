@@ -31,19 +31,24 @@ class RankingPair:
     worse: str
 
 
+def ranking_pair_indices(gt_scores: Sequence[float]) -> list[tuple[int, int]]:
+    """(better, worse) sample indices of one prompt and member: the (median, worst) and
+    (best, median) pairs by ground truth, each only when strictly better (paper 4.1)."""
+    if len(gt_scores) < 2:
+        return []
+    order = np.argsort(np.asarray(gt_scores), kind="stable")
+    worst, median, best = order[0], order[len(order) // 2], order[-1]
+    return [(int(high), int(low)) for high, low in ((median, worst), (best, median)) if gt_scores[high] > gt_scores[low]]
+
+
 def ranking_pairs(data: dict[str, PromptData], prompt_ids: Iterable[str]) -> list[RankingPair]:
     pairs: list[RankingPair] = []
     for prompt_id in prompt_ids:
         entry = data[prompt_id]
         prompt = render_conversation(entry.prompt.chat_messages()).text
         for samples in entry.members.values():
-            if len(samples.texts) < 2:
-                continue
-            order = np.argsort(np.asarray(samples.gt_scores), kind="stable")
-            worst, median, best = order[0], order[len(order) // 2], order[-1]
-            for high, low in ((median, worst), (best, median)):
-                if samples.gt_scores[high] > samples.gt_scores[low]:
-                    pairs.append(RankingPair(prompt, samples.texts[high], samples.texts[low]))
+            for high, low in ranking_pair_indices(samples.gt_scores):
+                pairs.append(RankingPair(prompt, samples.texts[high], samples.texts[low]))
     return pairs
 
 

@@ -68,7 +68,7 @@ from training.evaluation.report import (
 )
 from training.evaluation.sweep import Baseline
 from training.records import PromptRecord
-from training.train_reward import pick_gains, untrusted_members
+from training.train_reward import pick_gains, ranking_pair_indices, untrusted_members
 
 logger = logging.getLogger(__name__)
 
@@ -279,17 +279,12 @@ def _fit_config(settings: Settings, seed: int) -> Any:
 def _ranking_pairs(data: dict[str, PromptData], prompt_ids: Sequence[str], row_of: dict[tuple[str, str, int], int]) -> list[tuple[int, int]]:
     """(better row, worse row): the (median, worst) and (best, median) pairs of
     ``training.train_reward.ranking_pairs``, as feature-row indices."""
-    pairs = []
-    for pid in prompt_ids:
-        for member, samples in data[pid].members.items():
-            if len(samples.texts) < 2:
-                continue
-            order = np.argsort(np.asarray(samples.gt_scores), kind="stable")
-            worst, median, best = order[0], order[len(order) // 2], order[-1]
-            for high, low in ((median, worst), (best, median)):
-                if samples.gt_scores[high] > samples.gt_scores[low]:
-                    pairs.append((row_of[(pid, member, int(high))], row_of[(pid, member, int(low))]))
-    return pairs
+    return [
+        (row_of[(pid, member, high)], row_of[(pid, member, low)])
+        for pid in prompt_ids
+        for member, samples in data[pid].members.items()
+        for high, low in ranking_pair_indices(samples.gt_scores)
+    ]
 
 
 # -- one fold ----------------------------------------------------------------------------------
