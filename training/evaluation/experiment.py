@@ -511,6 +511,22 @@ def calibration_rows(
     return rows
 
 
+def policy_curves(policies: PolicySet) -> dict[str, list[OperatingPoint]]:
+    """The policy families' operating points on ``policies``' set: BEST-Route, with a verifier
+    also the router with verified escalation and the verified chains, the constants, and
+    (n > 1, a real picker) BEST-Route with the oracle picker."""
+    curves = {"BEST-Route": [p.point for p in policies.router()]}
+    if policies.verifier:
+        curves["BEST-Route + verified escalation"] = [p.point for p in policies.router(escalate=True)]
+        curves["verified chains"] = [p.point for p in policies.verified()]
+    curves["best constant"] = [p.point for p in policies.constants()]
+    if policies.picker != "oracle" and policies.eval_set.max_n > 1:
+        oracle_picker = PolicySet(policies.eval_set, "oracle", probabilities=policies.probabilities,
+                                  avg_output_tokens=policies.avg_output_tokens)
+        curves["BEST-Route (oracle picker)"] = [p.point for p in oracle_picker.router()]
+    return curves
+
+
 def run_fold(
     train: TableData,
     train_ids: list[str],
@@ -573,14 +589,7 @@ def run_fold(
                "chain_depth": settings.chain_depth}
     test_policies = PolicySet(test_set, picker, probabilities=p_test, **options)  # type: ignore[arg-type]
     val_policies = PolicySet(val_set, picker, probabilities=p_val, **options)  # type: ignore[arg-type]
-    curves = {"BEST-Route": [p.point for p in test_policies.router()]}
-    if verifier:
-        curves["BEST-Route + verified escalation"] = [p.point for p in test_policies.router(escalate=True)]
-        curves["verified chains"] = [p.point for p in test_policies.verified()]
-    curves["best constant"] = [p.point for p in test_policies.constants()]
-    if picker != "oracle" and test_set.max_n > 1:
-        oracle_picker = PolicySet(test_set, "oracle", probabilities=p_test, avg_output_tokens=avg_tokens)
-        curves["BEST-Route (oracle picker)"] = [p.point for p in oracle_picker.router()]
+    curves = policy_curves(test_policies)
     texts = {k: v for k, v in {**train.texts, **test.texts}.items() if k[0] in set(train_ids) | set(test_ids)}
     curves.update(run_baselines(train_set, test_set, _baselines(texts, seed, settings.cascades), picker=picker))  # type: ignore[arg-type]
     rows = calibration_rows(val_policies, test_policies, settings.targets, z=settings.confidence_z)
@@ -620,14 +629,7 @@ def pooled_report(results: Sequence[FoldResult], settings: Settings) -> Report:
     picker = settings.picker
     policies = PolicySet(pooled, picker, probabilities=probabilities, avg_output_tokens=avg, verifier=verifier,
                          on_unverifiable=settings.on_unverifiable, chain_depth=settings.chain_depth)  # type: ignore[arg-type]
-    curves = {"BEST-Route": [p.point for p in policies.router()]}
-    if verifier:
-        curves["BEST-Route + verified escalation"] = [p.point for p in policies.router(escalate=True)]
-        curves["verified chains"] = [p.point for p in policies.verified()]
-    curves["best constant"] = [p.point for p in policies.constants()]
-    if picker != "oracle" and pooled.max_n > 1:
-        curves["BEST-Route (oracle picker)"] = [p.point for p in PolicySet(pooled, "oracle", probabilities=probabilities,
-                                                                            avg_output_tokens=avg).router()]
+    curves = policy_curves(policies)
     curves.update(run_baselines(pooled, pooled, [RandomMix(name="random"), OracleRouter()], picker=picker))  # type: ignore[arg-type]
     baseline = Baseline.of(pooled)
     rows = []
