@@ -263,13 +263,15 @@ def _router_from_backbone(config: TrainConfig) -> RouterPredictor:
     )
 
 
-def _routing_metric(config: TrainConfig, prompt_ids: list[str], reward: RewardPredictor | None, avg_tokens: dict[str, float]) -> Any:
+def _routing_metric(
+    config: TrainConfig, data: dict[str, PromptData], prompt_ids: list[str], reward: RewardPredictor | None, avg_tokens: dict[str, float]
+) -> Any:
     """The routing metric (``policies.RoutingArea``) on ``prompt_ids``, best-of-n picked by the
     proxy reward model as at run time; None when no prompt has every member's samples."""
     from training.evaluation.from_store import eval_set_from_store
     from training.evaluation.policies import RoutingArea
 
-    eval_set = eval_set_from_store(config, prompt_ids, reward, name="router selection")
+    eval_set = eval_set_from_store(config, prompt_ids, reward, name="router selection", data=data)
     if not eval_set.prompts:
         return None
     return RoutingArea(eval_set, "proxy" if reward is not None else "random", avg_tokens)
@@ -311,7 +313,7 @@ def stage_router(config: TrainConfig, progress: bool = True, overwrite: bool = F
     reward = RewardPredictor.from_pretrained(config.reward_dir)
     # The validation prompts in the routing metric's order, so that head calibration and the
     # encoder choice are made by what the router is for (None: no prompt has every member).
-    metric = _routing_metric(config, split.validation, reward, avg_tokens)
+    metric = _routing_metric(config, data, split.validation, reward, avg_tokens)
     if metric is not None and all(p.id in labels for p in metric.eval_set.prompts):
         validation = router_examples(data, labels, [p.id for p in metric.eval_set.prompts])
     else:
@@ -325,7 +327,7 @@ def stage_router(config: TrainConfig, progress: bool = True, overwrite: bool = F
     if config.router_encoder in ("frozen", "auto"):
         frozen = _router_from_backbone(config)
         by_id = {pid: example for pid, example in zip([p for p in split.train if p in labels], train)}
-        choice["frozen_fit"] = fit_frozen_router(config, frozen, by_id, _routing_metric(config, split.train, reward, avg_tokens), progress)
+        choice["frozen_fit"] = fit_frozen_router(config, frozen, by_id, _routing_metric(config, data, split.train, reward, avg_tokens), progress)
         candidates["frozen"] = frozen
     for predictor in candidates.values():
         calibrate_router(predictor, train, validation, seed=config.router.seed, routing_score=metric)

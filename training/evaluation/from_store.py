@@ -20,18 +20,22 @@ from bestroute_lc.conversation import RenderedConversation, render_conversation
 from bestroute_lc.reward import RewardPredictor
 from bestroute_lc.router import RouterPredictor
 from training.config import TrainConfig
+from training.dataset import PromptData
 from training.evaluation.outcomes import EvalPrompt, EvalSet, MemberOutcomes
 
 
 def eval_set_from_store(
-    config: TrainConfig, prompt_ids: list[str], reward: RewardPredictor | None, name: str = "dataset"
+    config: TrainConfig, prompt_ids: list[str], reward: RewardPredictor | None, name: str = "dataset",
+    data: dict[str, PromptData] | None = None,
 ) -> EvalSet:
     """The given prompts with every member's recorded samples; proxy scores from ``reward``
-    (None: no proxy picker). Prompts missing some member's samples are left out."""
+    (None: no proxy picker). Prompts missing some member's samples are left out. ``data``:
+    the work directory's joined records when the caller has them (else read here)."""
     from bestroute_lc.engine import approximate_tokens
     from training.pipeline import load_data
 
-    _, data, _ = load_data(config)
+    if data is None:
+        _, data, _ = load_data(config)
     members = [m.name for m in config.pool.members]
     pool_specs = {m.name: m for m in config.pool.members}
     parallel = {m: (pool_specs[m].n_billing or _default_billing(pool_specs[m])) == "parallel" for m in members}
