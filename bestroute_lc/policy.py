@@ -14,6 +14,13 @@ answer), a threshold t and per-member cost parameters:
    that comes first in head order (so the choice is deterministic);
 4. if nothing passes, the reference with n = 1.
 
+With verified escalation priced in (``rejection``: P(the verifier rejects option (k, n)'s
+pick), which sends the call on to the reference with n = 1), step 2's estimate is the
+expected cost of the attempt, cost(k, n) + P(reject) x cost(reference, 1), and an option
+whose expected cost is not below the reference's own is dropped: calling the reference at
+once answers the same way for less. This is how "verified option" heads (p = P(the verified
+attempt, else the reference, is at least as good as one reference answer)) are used.
+
 The other valid options, in the same order, are kept as the fallback chain the engine
 walks when a provider fails; the reference with n = 1 always closes the chain.
 
@@ -98,11 +105,14 @@ def choose(
     reference: str,
     input_tokens: int,
     threshold: float,
+    rejection: Mapping[str, Sequence[float]] | None = None,
 ) -> Decision:
     """Algorithm 1. ``match_probabilities[member][n - 1]`` is p for that member and n.
 
     ``match_probabilities`` is iterated in head order, which breaks the last ties.
-    ``costs`` must cover every member in it and the reference.
+    ``costs`` must cover every member in it and the reference. ``rejection[member][n - 1]``
+    (optional): the probability that a verifier rejects that option's pick and the call
+    escalates to the reference; the estimate then is the attempt's expected cost.
     """
     threshold = validate_threshold(threshold)
     if input_tokens < 0:
@@ -113,6 +123,7 @@ def choose(
     if reference in match_probabilities:
         raise ValueError(f"the reference {reference!r} must not have router heads")
 
+    reference_cost = costs[reference].estimate(1, input_tokens)
     ranked: list[tuple[float, float, int, int, Option]] = []
     for order, (member, probabilities) in enumerate(match_probabilities.items()):
         for n, p in enumerate(probabilities, start=1):
@@ -121,12 +132,15 @@ def choose(
                 raise ValueError(f"match probability for ({member!r}, n={n}) is NaN")
             if p >= threshold:
                 cost = costs[member].estimate(n, input_tokens)
+                if rejection is not None:
+                    reject = _probability(rejection, member, n)
+                    cost += reject * reference_cost
+                    if cost >= reference_cost:
+                        continue
                 option = Option(member=member, n=n, match_probability=p, estimated_cost_usd=cost)
                 ranked.append((cost, -p, n, order, option))
     ranked.sort(key=lambda entry: entry[:4])
-    reference_option = Option(
-        member=reference, n=1, match_probability=None, estimated_cost_usd=costs[reference].estimate(1, input_tokens)
-    )
+    reference_option = Option(member=reference, n=1, match_probability=None, estimated_cost_usd=reference_cost)
     chain = tuple(entry[4] for entry in ranked) + (reference_option,)
     chosen = chain[0]
     return Decision(
@@ -137,6 +151,16 @@ def choose(
         reason="router" if ranked else "reference",
         fallbacks=chain,
     )
+
+
+def _probability(table: Mapping[str, Sequence[float]], member: str, n: int) -> float:
+    try:
+        value = float(table[member][n - 1])
+    except (KeyError, IndexError) as exc:
+        raise ValueError(f"no rejection probability for ({member!r}, n={n})") from exc
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"rejection probability for ({member!r}, n={n}) must be in [0, 1], got {value!r}")
+    return value
 
 
 def forced(

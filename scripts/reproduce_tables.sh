@@ -16,12 +16,14 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 runs=("$@")
 if [ ${#runs[@]} -eq 0 ]; then
-    runs=(humaneval humaneval-reward-model gsm8k alpacaeval gsm8k-crossfit alpacaeval-crossfit)
+    runs=(humaneval humaneval-verified-heads humaneval-reward-model gsm8k alpacaeval gsm8k-crossfit alpacaeval-crossfit)
 fi
 for run in "${runs[@]}"; do
     case "$run" in
         humaneval)  # the project's own picker (code execution, reward-model tiebreak) and verifier
             args=(humaneval --reranker code_execution --verifier execution) ;;
+        humaneval-verified-heads)  # verified-option router heads, escalation priced into Algorithm 1
+            args=(humaneval --reranker code_execution --verifier execution --router-heads verified) ;;
         humaneval-reward-model)  # the paper's picker (proxy reward model), no verifier
             args=(humaneval --reranker reward_model) ;;
         gsm8k | alpacaeval)  # one sample per model: routing only (n = 1)
@@ -29,7 +31,7 @@ for run in "${runs[@]}"; do
         gsm8k-crossfit | alpacaeval-crossfit)  # the router heads cross-fitted, chosen by the routing metric
             args=("${run%-crossfit}" --router-fit crossfit) ;;
         *)
-            echo "unknown run $run (humaneval, humaneval-reward-model, gsm8k, alpacaeval, gsm8k-crossfit, alpacaeval-crossfit)" >&2
+            echo "unknown run $run (humaneval, humaneval-verified-heads, humaneval-reward-model, gsm8k, alpacaeval, gsm8k-crossfit, alpacaeval-crossfit)" >&2
             exit 2 ;;
     esac
     repeats=3  # 3 x 5-fold (seeds 0, 1, 2): one split alone is one draw of luck

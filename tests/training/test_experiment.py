@@ -139,3 +139,34 @@ def test_repeated_kfold_aggregates_every_repeat(backbone: Path, small_files, tmp
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("fold")) == ["fold1", "fold2", "fold3"]
     pooled = json.loads((out / "pooled" / "report.json").read_text())
     assert pooled["split"] == {"pooled_folds": 6}
+
+
+def test_verified_option_heads_are_priced_with_their_escalation(backbone: Path, small_files, tmp_path: Path) -> None:
+    from training.evaluation.chains import StageArrays, verified_option_labels
+    from training.evaluation.experiment import head_labels, static_rejection
+
+    with pytest.raises(ValueError, match="needs a verifier"):
+        settings(backbone, tmp_path, router_heads="verified")
+    table = load_table("humaneval", small_files[0])
+    attach_execution(table, cache_dir=None, runner=passes_like_ground_truth)
+    config = settings(backbone, tmp_path, reranker="oracle", verifier="execution", router_heads="verified")
+    ids = table.prompt_ids[:8]
+    subset = table.eval_set.subset(ids)
+    # the labels are the verified chains' exact labels, the rejection rate the verifier's mean
+    labels = head_labels(table, table.eval_set, ids, config)
+    exact = verified_option_labels(subset, "oracle")
+    assert sorted(labels) == sorted(ids)
+    for i, p in enumerate(subset.prompts):
+        np.testing.assert_allclose(labels[p.id], exact[i])
+    rejection = static_rejection(subset, config)
+    stages = StageArrays.of(subset, "oracle")
+    routed = [subset.members.index(m) for m in subset.routed]
+    np.testing.assert_allclose(rejection, stages.rejected[:, routed].mean(axis=0))
+    results = cross_validate(table, config, folds=3, seed=0)
+    report = results[0].report
+    # the router only runs verified: no unverified BEST-Route curve beside it
+    assert "BEST-Route + verified escalation" not in report.curves and len(report.curves["BEST-Route"]) >= 2
+    assert results[0].rejection is not None and results[0].rejection.shape == (3, table.eval_set.max_n)
+    assert "rejection" in results[0].training and any("verified-option heads" in n for n in report.notes)
+    for row in report.calibrated:
+        assert row["kind"] in {"router+verifier", "constant", "verified"}

@@ -296,3 +296,29 @@ else:
         chain_costs = [o.estimated_cost_usd for o in d.fallbacks[:-1]]
         assert chain_costs == sorted(chain_costs)
         assert (d.fallbacks[-1].member, d.fallbacks[-1].n) == ("ref", 1)
+
+
+# -- verified-option heads: the escalation priced in ---------------------------------
+
+
+def test_rejection_prices_the_escalation_into_the_estimate():
+    probs = {"small": [0.9], "mid": [0.9]}
+    # no rejection: small n=1 (1.2e-4) beats mid n=1 (1.2e-3)
+    assert _choose(probs, 0.5).member == "small"
+    # small rejected 90 % of the time: 120 + 0.9 * 6500 = 5970 (e-6) > mid's 1200 + 0.1 * 6500 = 1850
+    d = choose(probs, COSTS, "big", 1000, 0.5, rejection={"small": [0.9], "mid": [0.1]})
+    assert (d.member, d.n) == ("mid", 1)
+    assert d.estimated_cost_usd == pytest.approx(1850 / 1e6)
+    assert [o.member for o in d.fallbacks] == ["mid", "small", "big"]
+
+
+def test_an_attempt_expected_to_cost_more_than_the_reference_is_dropped():
+    # small: 120 + 0.99 * 6500 = 6555 >= 6500: calling the reference at once is cheaper
+    d = choose({"small": [0.95]}, COSTS, "big", 1000, 0.5, rejection={"small": [0.99]})
+    assert (d.member, d.reason) == ("big", "reference") and [o.member for o in d.fallbacks] == ["big"]
+
+
+@pytest.mark.parametrize("rejection", [{"small": [1.5]}, {"small": [math.nan]}, {"small": []}, {"mid": [0.1]}])
+def test_invalid_or_missing_rejection_is_a_clear_error(rejection):
+    with pytest.raises(ValueError, match="rejection probability"):
+        choose({"small": [0.9]}, COSTS, "big", 1000, 0.5, rejection=rejection)

