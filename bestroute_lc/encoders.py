@@ -235,6 +235,8 @@ class EncoderPredictor(Generic[Config]):
                 "save it whole (it was fine-tuned)"
             )
         self.config.shared_encoder = shared
+        # Provenance without this machine's install path.
+        self.config.backbone = f"{shared.package} ({shared.locator})"
 
     def save_pretrained(self, directory: str | Path) -> Path:
         from safetensors.torch import save_file, save_model

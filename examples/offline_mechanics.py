@@ -1,11 +1,11 @@
-"""The whole BEST-Route call path, offline, on in-process models.
+"""The whole BEST-Route call path in seconds, offline, on in-process stand-in members.
 
 What this shows: routing -> Algorithm 1 -> n samples -> reranking -> usage, cost and the
-decision in ``response_metadata``, the callback event, streaming and fallbacks.
-What it does NOT show: routing quality. The router and reward model here are the real
-all-MiniLM-L6-v2 encoder with *untrained* heads (trained artifacts come from
-``training/``, not built yet), and the pool members are deterministic stand-ins for
-providers. Run:  python examples/offline_mechanics.py
+decision in ``response_metadata``, the callback event, streaming. The router and reward
+model are the real all-MiniLM-L6-v2 encoder with *untrained* heads (so the thresholds below
+decide, not learned routing) and the members are deterministic stand-ins for providers.
+Trained artifacts on real local models: ``examples/local_pool.py`` (the README's main job).
+Run:  python examples/offline_mechanics.py
 """
 
 from __future__ import annotations

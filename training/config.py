@@ -147,6 +147,10 @@ class TrainConfig(BaseModel):
     #: ``auto``: both; the one whose routing metric on the validation prompts is higher ships
     #: (the choice and both scores are recorded in the router's config).
     router_encoder: Literal["finetune", "frozen", "auto"] = "auto"
+    #: Prompts that lack some member's samples (a generation still running): ``error`` (say
+    #: which) or ``skip`` (train on the complete ones; the split is still made over every prompt,
+    #: so a prompt keeps its part as generation completes more of them).
+    incomplete_prompts: Literal["error", "skip"] = "error"
     #: How the reward model is trained: ``finetune`` (encoder and head, the paper's setting) or
     #: ``frozen`` (a linear head on the backbone's pooled outputs, L2 chosen on validation).
     reward_encoder: Literal["finetune", "frozen"] = "finetune"

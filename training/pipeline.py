@@ -150,6 +150,18 @@ def load_data(config: TrainConfig) -> tuple[list[PromptRecord], dict[str, Prompt
         raise ValueError(f"{config.scores_path} does not exist: run the score stage first")
     scores = [record for _, record in read_numbered_records(config.scores_path, ScoreRecord)]
     data = join(prompts, samples, scores)
+    if config.incomplete_prompts == "skip":
+        wanted = {m.name: m.samples or config.samples_per_member for m in config.pool.members}
+        complete = {
+            pid for pid, entry in data.items()
+            if all(name in entry.members and len(entry.members[name].texts) >= count for name, count in wanted.items())
+        }
+        if not complete:
+            raise ValueError(f"no prompt has every member's samples ({wanted}) scored yet: run generate and score")
+        split = load_split(config, prompts).restricted(complete)
+        logger.info("incomplete_prompts: skip: training on %d of %d prompts (every member's samples scored)",
+                    len(complete), len(prompts))
+        return [p for p in prompts if p.id in complete], {pid: data[pid] for pid in complete}, split
     empty = {p.id for p in prompts if not data[p.id].members}
     if empty:
         lines = {record.id: line for line, record in read_numbered_records(config.prompts, PromptRecord)}

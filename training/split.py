@@ -45,6 +45,11 @@ class Split(BaseModel):
                 return name
         raise KeyError(prompt_id)
 
+    def restricted(self, prompt_ids: set[str]) -> Split:
+        """The same split over ``prompt_ids`` only (each prompt keeps its part)."""
+        return self.model_copy(update={name: [p for p in getattr(self, name) if p in prompt_ids]
+                                       for name in ("train", "validation", "test")})
+
     def fingerprint(self) -> str:
         text = "|".join(",".join(sorted(getattr(self, name))) for name in ("train", "validation", "test"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]

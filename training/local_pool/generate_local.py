@@ -4,6 +4,7 @@
         [--samples qwen2.5-coder-1.5b=4] [--limit N] [--members NAME ...]
     python -m training.local_pool.generate_local score  [--config ...]
     python -m training.local_pool.generate_local report [--config ...]
+    python -m training.local_pool.generate_local ship   [--config ...]   # trained artifacts -> bestroute_lc/local/artifacts
 
 ``generate`` draws the samples missing from ``<work_dir>/samples.jsonl`` with
 ``training.generate.agenerate_samples`` (the pipeline's own function: same pool members,
@@ -222,9 +223,37 @@ def command_report(config: TrainConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def command_ship(config: TrainConfig, args: argparse.Namespace) -> int:
+    """Copy ``<work_dir>/router`` and ``reward`` into the package (``bestroute_lc/local/artifacts``),
+    after checking that they are heads-only artifacts that load against the local pool's members."""
+    import shutil
+
+    from bestroute_lc.artifacts import read_config
+    from bestroute_lc.local.default import ARTIFACTS
+    from bestroute_lc.local.pool import REFERENCE, ROUTED
+
+    for kind, source in (("router", config.router_dir), ("reward", config.reward_dir)):
+        artifact = read_config(source, kind)
+        if artifact.shared_encoder is None:
+            raise SystemExit(f"{source}: not a heads-only artifact (reward_encoder / router_encoder: frozen, no backbone)")
+        if kind == "router" and (artifact.members, artifact.reference) != ([ROUTED], REFERENCE):  # type: ignore[attr-defined]
+            raise SystemExit(f"{source}: trained for {artifact.members} -> {artifact.reference}, not the local pool")  # type: ignore[attr-defined]
+        size = sum(f.stat().st_size for f in source.iterdir())
+        if size > 5_000_000:
+            raise SystemExit(f"{source}: {size / 1e6:.1f} MB; the package ships heads-only artifacts of a few MB at most")
+        target = ARTIFACTS / kind
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target)
+        for path in target.iterdir():
+            path.chmod(0o644)
+        print(f"{kind}: {source} -> {target} ({size / 1e6:.2f} MB)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["generate", "score", "report"])
+    parser.add_argument("command", choices=["generate", "score", "report", "ship"])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--samples", nargs="*", default=[], help="NAME=M: samples per prompt for a member")
     parser.add_argument("--limit", type=int, default=0, help="only the first N prompts")
@@ -233,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     config = load_config(args.config)
-    return {"generate": command_generate, "score": command_score, "report": command_report}[args.command](config, args)
+    commands = {"generate": command_generate, "score": command_score, "report": command_report, "ship": command_ship}
+    return commands[args.command](config, args)
 
 
 if __name__ == "__main__":
