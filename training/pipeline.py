@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,13 +116,26 @@ def stage_score(config: TrainConfig, progress: bool = True, judge: Any = None) -
             raise ValueError("scorer kind llm_judge needs a 'judge' member in the config")
         judge = config.judge.build().chat_model
     scorer = build_scorer(config.scorer, judge=judge)
+    return score_samples(prompts, [s for ps in by_prompt.values() for s in ps], store, scorer, progress=progress)
+
+
+def score_samples(
+    prompts: Sequence[PromptRecord], samples: Sequence[SampleRecord], store: RecordStore[ScoreRecord], scorer: Any,
+    progress: bool = True,
+) -> int:
+    """Score every sample without a score in ``store`` (resumable); each row records the scorer
+    that judged it (a ``per_prompt`` scorer: the one the prompt's row chose). Rows written."""
+    by_prompt: dict[str, list[SampleRecord]] = defaultdict(list)
+    for sample in samples:
+        by_prompt[sample.prompt_id].append(sample)
     written = 0
     todo = [p for p in prompts if any(s.key not in store for s in by_prompt.get(p.id, []))]
     for prompt in tqdm(todo, desc="score", disable=not progress):
         pending = [s for s in by_prompt[prompt.id] if s.key not in store]
+        name = scorer.scorer_for(prompt).name if hasattr(scorer, "scorer_for") else scorer.name
         scores = scorer.score(prompt, [s.text for s in pending])
         written += store.append(
-            ScoreRecord(prompt_id=s.prompt_id, member=s.member, sample_index=s.sample_index, score=float(v), scorer=scorer.name)
+            ScoreRecord(prompt_id=s.prompt_id, member=s.member, sample_index=s.sample_index, score=float(v), scorer=name)
             for s, v in zip(pending, scores)
         )
     return written

@@ -14,7 +14,7 @@ import pytest
 from training.config import load_config
 from training.generate import load_prompts
 from training.local_pool import build_prompts, generate_local
-from training.local_pool.scoring import PerPromptScorer
+from training.scorers import PerPromptScorer
 from training.records import (
     PromptRecord,
     RecordStore,

@@ -22,7 +22,7 @@ a half-written last line is dropped). Progress goes to stdout, one line per prom
 samples, output tokens, seconds, tokens/s, samples/hour and an estimate of the time left.
 
 ``score`` scores every unscored sample with the scorer each prompt row names
-(``training/local_pool/scoring.py``) into ``<work_dir>/scores.jsonl`` (resumable);
+(``training.scorers.PerPromptScorer``, ``training.pipeline.score_samples``) into ``<work_dir>/scores.jsonl`` (resumable);
 ``report`` prints progress and pass rates per member and source.
 """
 
@@ -179,7 +179,7 @@ def _scored_samples(config: TrainConfig, prompts: list[PromptRecord]) -> list[Sa
 
 
 def command_score(config: TrainConfig, args: argparse.Namespace) -> int:
-    from training.local_pool.scoring import score_store
+    from training.pipeline import score_samples
     from training.scorers import PerPromptScorer, build_scorer
 
     prompts = load_prompts(config.prompts)
@@ -187,7 +187,7 @@ def command_score(config: TrainConfig, args: argparse.Namespace) -> int:
     scorer = build_scorer(config.scorer)
     if not isinstance(scorer, PerPromptScorer):
         raise SystemExit(f"{args.config}: the local pool's prompts need scorer kind 'per_prompt', got {config.scorer}")
-    written = score_store(prompts, _scored_samples(config, prompts), store, scorer)
+    written = score_samples(prompts, _scored_samples(config, prompts), store, scorer, progress=False)
     log.info("scored %d new samples into %s", written, config.scores_path)
     return 0
 
