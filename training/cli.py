@@ -94,6 +94,9 @@ def _evaluate_tables(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # One INFO line per HTTP request (720+ in a generate run) is noise: requests log at DEBUG.
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "mistralai"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     start = time.perf_counter()
     if args.stage == "evaluate" and args.config is None:
         try:

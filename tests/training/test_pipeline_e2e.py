@@ -93,11 +93,14 @@ def write_run(tmp_path: Path, base_url: str) -> Path:
     return path
 
 
-def test_all_stages_produce_artifacts_the_chat_model_uses(tmp_path: Path, toy_server: LoopbackLLMServer, capsys) -> None:
+def test_all_stages_produce_artifacts_the_chat_model_uses(tmp_path: Path, toy_server: LoopbackLLMServer, capsys, caplog) -> None:
     config_path = write_run(tmp_path, toy_server.base_url)
     start = time.perf_counter()
-    assert cli.main(["all", "--config", str(config_path), "--no-progress"]) == 0
+    with caplog.at_level("INFO"):
+        assert cli.main(["all", "--config", str(config_path), "--no-progress"]) == 0
     elapsed = time.perf_counter() - start
+    # 192 requests, no request log lines at INFO
+    assert not [r for r in caplog.records if r.name.startswith(("httpx", "httpcore")) and r.levelno < 30]
     config = load_config(config_path)
     for path in (config.samples_path, config.scores_path, config.labels_path, config.split_path):
         assert path.is_file()
