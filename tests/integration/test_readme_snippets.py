@@ -49,14 +49,21 @@ def test_readme_python_blocks_run_in_order(tmp_path: Path, monkeypatch) -> None:
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
     write_artifacts(tmp_path / "artifacts")
+    from llama_index.core import Settings
+
     namespace: dict = {"__name__": "__readme__"}
-    for index, block in enumerate(blocks):
-        code = compile(block, f"README.md python block {index + 1}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-        result = eval(code, namespace)  # noqa: S307 - the README's own code
-        if asyncio.iscoroutine(result):  # a block with top-level await (notebook style)
-            asyncio.run(result)
+    previous_llm = Settings._llm  # a block sets the global Settings.llm
+    try:
+        for index, block in enumerate(blocks):
+            code = compile(block, f"README.md python block {index + 1}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+            result = eval(code, namespace)  # noqa: S307 - the README's own code
+            if asyncio.iscoroutine(result):  # a block with top-level await (notebook style)
+                asyncio.run(result)
+    finally:
+        Settings._llm = previous_llm
     # the blocks did what they say
     assert namespace["msg"].response_metadata["bestroute"]["member"] in ("gpt-4o", "gpt-4o-mini", "mistral-small-latest")
     assert namespace["llm"].threshold == pytest.approx(0.5)  # the last block: the calibrated target
     assert (tmp_path / "artifacts" / "untrained-router" / "config.json").is_file()
+    assert namespace["response"].raw["bestroute"]["member"] and namespace["response"].raw["cost_usd"] > 0  # LlamaIndex
     assert openai.requests and mistral.requests is not None
