@@ -50,6 +50,7 @@ from bestroute_lc.rerankers.base import Reranker
 from bestroute_lc.reward import RewardPredictor
 from bestroute_lc.router import RouterPredictor
 from bestroute_lc.sync_bridge import iterate_sync, run_sync
+from bestroute_lc.tracing import trace_cost_around_tracers
 from bestroute_lc.verifiers import Verifier, verifier_from_name
 
 #: Name of the custom callback event that carries each routing decision.
@@ -61,10 +62,20 @@ DECISION_EVENT = "bestroute_decision"
 _STREAM_RUN: ContextVar[tuple[RunnableConfig, uuid.UUID] | None] = ContextVar("bestroute_stream_run", default=None)
 
 
-def _stream_run_config(config: RunnableConfig | None) -> tuple[RunnableConfig, uuid.UUID]:
+# langchain-core's _generate_with_cache calls _stream/_astream without the run manager when a
+# caller streams through invoke (astream_events, LangGraph stream_mode="messages"): the
+# overrides below leave it here, so the decision event and the traced cost reach that run.
+_RUN_MANAGER: ContextVar[Any] = ContextVar("bestroute_run_manager", default=None)
+
+
+def _stream_run_config(config: RunnableConfig | None, manager_class: type) -> tuple[RunnableConfig, uuid.UUID]:
+    """The config with a run id chosen here, and its callbacks configured here (so the
+    tracers of the run are known and get the cost pair around them, ``tracing``)."""
     config = ensure_config(config)
     run_id = config.get("run_id") or uuid.uuid4()
-    return {**config, "run_id": run_id}, run_id
+    manager = manager_class.configure(inheritable_callbacks=config.get("callbacks"))
+    trace_cost_around_tracers(manager.handlers)
+    return {**config, "run_id": run_id, "callbacks": manager}, run_id
 
 
 def _reset(token: Any) -> None:
@@ -105,11 +116,12 @@ class BestRouteChatModel(BaseChatModel):
     threshold: float = 0.5
     #: Pin every call to this member (skips the router); per call: ``invoke(..., model=name)``.
     model: str | None = None
-    #: Also put ``input_cost`` / ``output_cost`` / ``total_cost`` (USD, floats) in the
-    #: returned message's ``usage_metadata``, where LangSmith reads per-run costs for
-    #: models it cannot price itself ("bestroute" is not in its price table). Off by
-    #: default: LangChain's ``add_usage`` (used by ``get_usage_metadata_callback`` and to
-    #: merge stream chunks) accepts integers only. Never applied to streamed chunks.
+    #: LangSmith traces get the cost of every run anyway (``bestroute_lc.tracing``: put
+    #: there for the tracer only, invoke and stream alike). This flag also leaves
+    #: ``input_cost`` / ``output_cost`` / ``total_cost`` (USD, floats) in the *returned*
+    #: message's ``usage_metadata``, for code that reads them there; off by default because
+    #: LangChain's ``add_usage`` (``get_usage_metadata_callback``, summing messages) accepts
+    #: integers only. Never applied to streamed chunks.
     cost_in_usage_metadata: bool = False
     #: Spend cap in USD for this model object: once the calls' billed cost reaches it,
     #: every call goes to the cheapest member with n = 1 and the decision's reason is "budget".
@@ -137,6 +149,24 @@ class BestRouteChatModel(BaseChatModel):
     @classmethod
     def _check_threshold(cls, value: float) -> float:
         return validate_threshold(value)
+
+    def _resolve_model_profile(self) -> Any:
+        """The pool's common ground (langchain-core reads it when ``profile`` is not given): the
+        smallest context and output limits, and a capability only where every member's profile
+        states it (any member may answer a call; unstated counts as absent). No profile when a
+        member has none."""
+        profiles = [getattr(m.chat_model, "profile", None) for m in self.pool]
+        if not profiles or any(not isinstance(p, dict) for p in profiles):
+            return None
+        out: dict[str, Any] = {"name": f"bestroute({', '.join(self.pool.names)})"}
+        for key in ("max_input_tokens", "max_output_tokens"):
+            values = [p[key] for p in profiles if isinstance(p.get(key), int)]
+            if len(values) == len(profiles):
+                out[key] = min(values)
+        flags = {key for p in profiles for key, value in p.items() if isinstance(value, bool) and key != "open_weights"}
+        for key in sorted(flags):
+            out[key] = all(p.get(key) is True for p in profiles)
+        return out
 
     @model_validator(mode="after")
     def _build_engine(self) -> BestRouteChatModel:
@@ -343,7 +373,7 @@ class BestRouteChatModel(BaseChatModel):
     def stream(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
     ) -> Iterator[AIMessageChunk]:
-        config, run_id = _stream_run_config(config)
+        config, run_id = _stream_run_config(config, CallbackManager)
         token = _STREAM_RUN.set((config, run_id))
         try:
             yield from super().stream(input, config, stop=stop, **kwargs)
@@ -353,13 +383,38 @@ class BestRouteChatModel(BaseChatModel):
     async def astream(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
     ) -> AsyncIterator[AIMessageChunk]:
-        config, run_id = _stream_run_config(config)
+        config, run_id = _stream_run_config(config, AsyncCallbackManager)
         token = _STREAM_RUN.set((config, run_id))
         try:
             async for chunk in super().astream(input, config, stop=stop, **kwargs):
                 yield chunk
         finally:
             _reset(token)
+
+    def _generate_with_cache(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                             run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        token = _RUN_MANAGER.set(run_manager)
+        try:
+            return super()._generate_with_cache(messages, stop=stop, run_manager=run_manager, **kwargs)
+        finally:
+            _RUN_MANAGER.reset(token)
+
+    async def _agenerate_with_cache(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                                    run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        token = _RUN_MANAGER.set(run_manager)
+        try:
+            return await super()._agenerate_with_cache(messages, stop=stop, run_manager=run_manager, **kwargs)
+        finally:
+            _RUN_MANAGER.reset(token)
+
+    @staticmethod
+    def _run_manager(run_manager: Any) -> Any:
+        """This call's run manager (given, or left by ``_generate_with_cache``), with the cost
+        pair put around its tracers before the run ends."""
+        run_manager = run_manager if run_manager is not None else _RUN_MANAGER.get()
+        if run_manager is not None:
+            trace_cost_around_tracers(run_manager.handlers)
+        return run_manager
 
     # -- calls ----------------------------------------------------------------------------
     def _generate(
@@ -369,6 +424,7 @@ class BestRouteChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        run_manager = self._run_manager(run_manager)
         result = run_sync(self._engine.arun(messages, **self._call_args(stop, kwargs)))
         self._dispatch(result, run_manager)
         return self._chat_result(result)
@@ -380,6 +436,7 @@ class BestRouteChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        run_manager = self._run_manager(run_manager)
         result = await self._engine.arun(messages, **self._call_args(stop, kwargs))
         await self._adispatch(result, run_manager)
         return self._chat_result(result)
@@ -403,6 +460,7 @@ class BestRouteChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        run_manager = self._run_manager(run_manager)
         for item in iterate_sync(self._engine.astream(messages, **self._call_args(stop, kwargs))):
             if isinstance(item, RouteResult):
                 self._dispatch(item, run_manager)
@@ -417,6 +475,7 @@ class BestRouteChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        run_manager = self._run_manager(run_manager)
         async for item in self._engine.astream(messages, **self._call_args(stop, kwargs)):
             if isinstance(item, RouteResult):
                 await self._adispatch(item, run_manager)

@@ -148,6 +148,8 @@ class RouteResult:
             "match_probabilities": self.match_probabilities,
             "estimated_cost_usd": d.estimated_cost_usd,
             "actual_cost_usd": self.cost_usd,
+            "input_cost_usd": self.input_cost_usd,
+            "output_cost_usd": self.output_cost_usd,
             "candidate_scores": self.scores,
             "chosen_index": self.extra.get("chosen_index", 0),
             "reranker": self.reranker,

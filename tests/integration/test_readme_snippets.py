@@ -65,5 +65,6 @@ def test_readme_python_blocks_run_in_order(tmp_path: Path, monkeypatch) -> None:
     assert namespace["msg"].response_metadata["bestroute"]["member"] in ("gpt-4o", "gpt-4o-mini", "mistral-small-latest")
     assert namespace["llm"].threshold == pytest.approx(0.5)  # the last block: the calibrated target
     assert (tmp_path / "artifacts" / "untrained-router" / "config.json").is_file()
+    assert namespace["cost"].calls >= 2 and namespace["cost"].total_cost_usd > 0  # get_bestroute_cost_callback
     assert namespace["response"].raw["bestroute"]["member"] and namespace["response"].raw["cost_usd"] > 0  # LlamaIndex
     assert openai.requests and mistral.requests is not None

@@ -299,3 +299,24 @@ def test_from_pretrained_uses_a_calibrated_threshold(tmp_path) -> None:
         BestRouteChatModel.from_pretrained(tmp_path / "router", pool=scripted_pool(), reranker=LengthReranker(), target_cost_reduction=0.2)
     with pytest.raises(ValueError, match="one of threshold"):
         BestRouteChatModel.from_pretrained(tmp_path / "router", pool=scripted_pool(), reranker=LengthReranker(), target_cost_reduction=0.4, threshold=0.5)
+
+
+def test_profile_is_the_pools_common_ground() -> None:
+    from tests.helpers import ScriptedChatModel, fixed_router
+    from bestroute_lc import Pool, PoolMember, Prices
+
+    def member(name: str, profile: dict | None) -> PoolMember:
+        return PoolMember(name=name, chat_model=ScriptedChatModel(name_=name, calls=[], profile=profile),
+                          prices=Prices(input_per_mtok=1, output_per_mtok=1))
+
+    big = {"max_input_tokens": 128000, "max_output_tokens": 16384, "tool_calling": True, "structured_output": True, "image_inputs": True}
+    small = {"max_input_tokens": 32000, "max_output_tokens": 8192, "tool_calling": True, "image_inputs": False}
+    pool = Pool(members=[member("big", big), member("small", small)], reference="big")
+    llm = BestRouteChatModel(pool=pool, router=fixed_router({"small": [0.5]}, "big"), threshold=0.5)
+    assert llm.profile["max_input_tokens"] == 32000 and llm.profile["max_output_tokens"] == 8192
+    assert llm.profile["tool_calling"] is True
+    assert llm.profile["structured_output"] is False and llm.profile["image_inputs"] is False  # not every member
+    unknown = Pool(members=[member("big", big), member("small", None)], reference="big")
+    assert BestRouteChatModel(pool=unknown, router=fixed_router({"small": [0.5]}, "big"), threshold=0.5).profile is None
+    given = BestRouteChatModel(pool=pool, router=fixed_router({"small": [0.5]}, "big"), threshold=0.5, profile={"max_input_tokens": 10})
+    assert given.profile == {"max_input_tokens": 10}
