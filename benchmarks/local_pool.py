@@ -74,9 +74,9 @@ def summarize(rows: list[dict], target: str, threads: int) -> tuple[dict, str]:
         lines.append(f"| {policy} | {p['quality']:.3f} | {p['cost_per_1000_usd']:.5f} | {p['mean_seconds']:.1f} |")
     lines += [
         "",
-        f"BEST-Route vs always-reference: {100 * out['cost_reduction_vs_reference']:.1f} % cost saved, "
-        f"quality drop {out['quality_drop_pct_vs_reference']:.1f} %. Answered by: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(members.items())) + ".",
+        (f"BEST-Route vs always-reference: {100 * out['cost_reduction_vs_reference']:.1f} % cost saved, "
+         f"quality drop {out['quality_drop_pct_vs_reference']:.1f} %. Answered by: "
+         + ", ".join(f"{k} {v}" for k, v in sorted(members.items())) + "."),
         f"Routing + reranking: {out['routing_and_rerank_seconds'] * 1000:.0f} ms per call, "
         f"{100 * (out['routing_and_rerank_share_of_call'] or 0):.2f} % of BEST-Route's call time.",
     ]

@@ -32,6 +32,12 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
+from llama_index.core.base.llms.generic_utils import (
+    achat_to_completion_decorator,
+    astream_chat_to_completion_decorator,
+    chat_to_completion_decorator,
+    stream_chat_to_completion_decorator,
+)
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
@@ -44,12 +50,6 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     TextBlock,
     ToolCallBlock,
-)
-from llama_index.core.base.llms.generic_utils import (
-    achat_to_completion_decorator,
-    astream_chat_to_completion_decorator,
-    chat_to_completion_decorator,
-    stream_chat_to_completion_decorator,
 )
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
@@ -74,7 +74,7 @@ def to_langchain(messages: Sequence[ChatMessage]) -> list[BaseMessage]:
                 calls.append({"name": block.tool_name, "args": kwargs, "id": block.tool_call_id or f"call_{index}_{len(calls)}",
                               "type": "tool_call"})
             else:
-                raise ValueError(
+                raise ValueError(  # noqa: TRY004 - bad input is a ValueError throughout, as in the engine
                     f"message {index} ({message.role.value}) has a {type(block).__name__}; BestRouteLLM routes text "
                     "(and tool calls) only"
                 )
