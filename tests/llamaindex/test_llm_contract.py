@@ -199,3 +199,24 @@ def test_query_engine_chat_engine_and_function_agent() -> None:
         assert any(call.tool_name == "multiply" for call in result.tool_calls)
     finally:
         Settings._llm, Settings._embed_model = previous
+
+
+def test_a_llamaindex_llm_can_be_a_pool_member() -> None:
+    from llama_index.core.llms import MockLLM
+
+    from bestroute_lc import Pool, PoolMember, Prices
+    from bestroute_llamaindex.members import LlamaIndexChatModel
+    from tests.loopback_pools import openai_client
+
+    pool = Pool(members=[
+        PoolMember.from_model(openai_client("loop-gpt-large"), name="gpt-large", prices=Prices(input_per_mtok=5, output_per_mtok=15)),
+        PoolMember.from_model(LlamaIndexChatModel(llm=MockLLM(max_tokens=8)), name="li-mock", prices=Prices(input_per_mtok=0.1, output_per_mtok=0.2)),
+    ], reference="gpt-large")
+    model = BestRouteChatModel(pool=pool, router=fixed_router({"li-mock": [0.9, 0.95]}, "gpt-large"), reranker=LengthReranker(),
+                               threshold=0.5)
+    llm = BestRouteLLM(router_model=model)
+    response = llm.chat([ChatMessage(role="user", content="Hello from LlamaIndex")])
+    decision = response.raw["bestroute"]
+    assert decision["member"] == "li-mock" and response.message.content
+    assert response.raw["usage"]["completion_tokens"] > 0 and response.raw["cost_usd"] > 0
+    assert model.invoke("hi", model="li-mock").response_metadata["bestroute"]["member"] == "li-mock"  # LangChain face too
