@@ -116,3 +116,34 @@ def test_decision_event_and_cost_through_an_agents_streamed_runs(capture: Captur
 
     custom = [e for e in asyncio.run(events()) if e["event"] == "on_custom_event" and e["name"] == "bestroute_decision"]
     assert len(custom) >= 2 and custom[0]["data"]["member"] == "gpt-mini"
+
+
+def test_agents_read_the_pools_profile() -> None:
+    """create_agent picks the provider strategy for response_format from the profile, and the
+    summarization middleware's fraction trigger finds a context window."""
+    from langchain.agents import create_agent
+    from langchain.agents.middleware import SummarizationMiddleware
+    from pydantic import BaseModel
+
+    from bestroute_lc import Pool, PoolMember, Prices
+    from tests.loopback_pools import openai_client
+
+    profile = {"max_input_tokens": 8000, "max_output_tokens": 1000, "tool_calling": True, "structured_output": True}
+    pool = Pool(members=[
+        PoolMember.from_model(openai_client("loop-gpt-large", profile=profile), name="gpt-large", prices=Prices(input_per_mtok=5, output_per_mtok=15)),
+        PoolMember.from_model(openai_client("loop-gpt-mini", profile={**profile, "max_input_tokens": 4000}), name="gpt-mini",
+                              prices=Prices(input_per_mtok=0.15, output_per_mtok=0.6)),
+    ], reference="gpt-large")
+    llm = BestRouteChatModel(pool=pool, router=fixed_router({"gpt-mini": [0.9, 0.95]}, "gpt-large"), reranker=LengthReranker(),
+                             threshold=0.5)
+    assert llm.profile["max_input_tokens"] == 4000 and llm.profile["structured_output"] is True
+
+    class Answer(BaseModel):
+        answer: str
+        confidence: float
+
+    agent = create_agent(llm, tools=[], response_format=Answer)
+    result = agent.invoke({"messages": [("user", "What is 2 + 2?")]})
+    assert isinstance(result["structured_response"], Answer)
+    middleware = SummarizationMiddleware(model=llm, trigger=("fraction", 0.8))
+    assert create_agent(llm, tools=[], middleware=[middleware]).invoke({"messages": [("user", "hi")]})["messages"]
