@@ -74,6 +74,8 @@ class ArtifactConfig(BaseModel):
     tokenizer: TokenizerInfo
     #: None: model.safetensors holds the encoder too; else where the frozen encoder comes from.
     shared_encoder: SharedEncoder | None = None
+    #: sha256 of model.safetensors as saved: a flipped byte or a swapped file is refused.
+    weights_sha256: str | None = None
     #: Free-form provenance: data hash, split, epochs, seed, metrics...
     training: dict[str, Any] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
@@ -164,8 +166,10 @@ def tokenizer_info(tokenizer: Any) -> TokenizerInfo:
 
 
 def write_config(directory: Path, config: ArtifactConfig) -> None:
+    from bestroute_lc.files import atomic_write_text
+
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
+    atomic_write_text(directory / CONFIG_FILE, config.model_dump_json(indent=2))
 
 
 def read_config(directory: str | Path, kind: str) -> ArtifactConfig:

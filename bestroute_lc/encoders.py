@@ -157,6 +157,38 @@ def _load_heads(module: nn.Module, weights: Path) -> None:
         raise ArtifactError(f"{weights}: cannot load weights ({type(exc).__name__}: {exc})") from exc
 
 
+#: Upper bounds on an artifact's encoder before anything is allocated: far above any BERT-style
+#: router backbone, far below what a crafted config.json could make us allocate.
+ENCODER_LIMITS = {"num_hidden_layers": 48, "hidden_size": 4096, "intermediate_size": 16384, "num_attention_heads": 64,
+                  "vocab_size": 500_000, "max_position_embeddings": 32_768}
+
+
+def check_encoder_config(encoder_config: dict[str, Any], directory: Path | str = "") -> None:
+    for key, limit in ENCODER_LIMITS.items():
+        value = encoder_config.get(key)
+        if value is not None and (not isinstance(value, int) or not 0 < value <= limit):
+            raise ArtifactError(f"{directory}: encoder_config {key}={value!r} is outside (0, {limit}]; refusing to build it")
+
+
+def _check_weights_file(weights: Path, config: Any, expected: dict[str, str]) -> None:
+    """The checksum config.json recorded, and the layout the weights file records about itself."""
+    from safetensors import safe_open
+
+    if config.weights_sha256 is not None and _sha256(weights) != config.weights_sha256:
+        raise ArtifactError(f"{weights}: sha256 differs from the one recorded in config.json (corrupt or replaced weights)")
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            recorded = handle.metadata() or {}
+    except Exception as exc:
+        raise ArtifactError(f"{weights}: cannot load weights ({type(exc).__name__}: {exc})") from exc
+    differing = {k: (recorded[k], v) for k, v in expected.items() if k in recorded and recorded[k] != v}
+    if differing:
+        raise ArtifactError(
+            f"{weights}: the weights were saved for {', '.join(f'{k}={a!r}' for k, (a, _) in differing.items())}, "
+            f"config.json says {', '.join(f'{k}={b!r}' for k, (_, b) in differing.items())}"
+        )
+
+
 def encoder_from_config(encoder_config: dict[str, Any]) -> nn.Module:
     from transformers import AutoConfig, AutoModel
 
@@ -238,18 +270,33 @@ class EncoderPredictor(Generic[Config]):
         # Provenance without this machine's install path.
         self.config.backbone = f"{shared.package} ({shared.locator})"
 
+    def weights_metadata(self) -> dict[str, str]:
+        """What the weights file itself records about its layout (safetensors header), checked
+        against config.json on load; the router adds its head order."""
+        return {"kind": self.kind}
+
+    @classmethod
+    def expected_weights_metadata(cls, config: Any) -> dict[str, str]:
+        return {"kind": cls.kind}
+
     def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the artifact directory whole, then swap it in (a crash leaves the old one)."""
         from safetensors.torch import save_file, save_model
 
+        from bestroute_lc.files import atomic_directory
+
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(str(directory))
-        if self.config.shared_encoder is None:
-            save_model(self.module, str(directory / WEIGHTS_FILE))
-        else:
-            heads = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items() if not k.startswith("encoder.")}
-            save_file(heads, str(directory / WEIGHTS_FILE))
-        write_config(directory, self.config)
+        metadata = self.weights_metadata()
+        with atomic_directory(directory) as staging:
+            self.tokenizer.save_pretrained(str(staging))
+            weights = staging / WEIGHTS_FILE
+            if self.config.shared_encoder is None:
+                save_model(self.module, str(weights), metadata=metadata)
+            else:
+                heads = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items() if not k.startswith("encoder.")}
+                save_file(heads, str(weights), metadata=metadata)
+            self.config.weights_sha256 = _sha256(weights)
+            write_config(staging, self.config)
         return directory
 
     @classmethod
@@ -268,6 +315,8 @@ class EncoderPredictor(Generic[Config]):
         except Exception as exc:
             raise ArtifactError(f"{directory}: cannot load the tokenizer files ({exc})") from exc
         check_tokenizer(directory, config.tokenizer, tokenizer)
+        _check_weights_file(weights, config, cls.expected_weights_metadata(config))
+        check_encoder_config(config.encoder_config, directory)
         if config.shared_encoder is None:
             module = cls.build_module(encoder_from_config(config.encoder_config), config)  # type: ignore[arg-type]
             try:

@@ -20,10 +20,11 @@ class Prices(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    input_per_mtok: float = Field(ge=0)
-    output_per_mtok: float = Field(ge=0)
+    # allow_inf_nan=False: an infinite or NaN price would poison every cost and comparison.
+    input_per_mtok: float = Field(ge=0, allow_inf_nan=False)
+    output_per_mtok: float = Field(ge=0, allow_inf_nan=False)
     #: Price of input tokens served from the provider's prompt cache; None = same as input.
-    cache_read_per_mtok: float | None = Field(default=None, ge=0)
+    cache_read_per_mtok: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     #: Where the numbers came from ("user", "paper-table-6", "genai-prices:<provider>/<model>").
     source: str = "user"
 

@@ -9,6 +9,8 @@ in one matrix product.
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,16 @@ class RouterPredictor(EncoderPredictor[RouterConfig]):
         if seed is not None:  # the new heads' initial weights: one seed, one model
             torch.manual_seed(seed)
         return cls(cls.build_module(encoder, config), tokenizer, config, **kwargs)
+
+    def weights_metadata(self) -> dict[str, str]:
+        return self.expected_weights_metadata(self.config)
+
+    @classmethod
+    def expected_weights_metadata(cls, config: Any) -> dict[str, str]:
+        # Row (k, n) of the heads belongs to members[k]: a member list reordered in config.json
+        # would silently re-map them.
+        return {"kind": cls.kind, "members": json.dumps(list(config.members)), "reference": config.reference,
+                "max_n": str(config.max_n)}
 
     def encode(self, conversations: Sequence[RenderedConversation]) -> Any:
         return encode_conversations(self.tokenizer, conversations, self.config.max_length)

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bestroute_lc.conversation import render_conversation
+from bestroute_lc.files import atomic_write_text
 from bestroute_lc.pool import Pool
 from bestroute_lc.reward import RewardPredictor
 from bestroute_lc.router import RouterPredictor
@@ -153,7 +154,7 @@ def load_split(config: TrainConfig, prompts: list[PromptRecord]) -> Split:
     split = stratified_split(prompts, config.split)  # deterministic: every process gets the same
     if is_main_process():
         config.work_dir.mkdir(parents=True, exist_ok=True)
-        config.split_path.write_text(split.model_dump_json(indent=2))
+        atomic_write_text(config.split_path, split.model_dump_json(indent=2))
     return split
 
 
@@ -268,20 +269,35 @@ def stage_labels(config: TrainConfig, progress: bool = True, overwrite: bool = F
         wait_for_everyone()
         return config.labels_path
     routed = [m.name for m in config.pool.members if m.name != config.pool.reference]
-    with config.labels_path.open("w") as handle:
-        for prompt_id, matrix in labels.items():
-            row = {"prompt_id": prompt_id, "split": split.of(prompt_id), "labels": dict(zip(routed, matrix.tolist()))}
-            handle.write(json.dumps(row) + "\n")
-    meta = {"data_fingerprint": labels_inputs(config), "max_n": config.max_n, "tolerance": config.label_tolerance}
-    config.labels_path.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2))
+    rows = "".join(
+        json.dumps({"prompt_id": prompt_id, "split": split.of(prompt_id), "labels": dict(zip(routed, matrix.tolist()))}) + "\n"
+        for prompt_id, matrix in labels.items()
+    )
+    # The meta file (with the row count readers check) goes first and the labels last, each
+    # atomically: a crash leaves no labels file, or one its meta file describes.
+    meta = {"data_fingerprint": labels_inputs(config), "max_n": config.max_n, "tolerance": config.label_tolerance,
+            "rows": len(labels), "sha256": hashlib.sha256(rows.encode()).hexdigest()}
+    atomic_write_text(config.labels_path.with_suffix(".meta.json"), json.dumps(meta, indent=2))
+    atomic_write_text(config.labels_path, rows)
     wait_for_everyone()
     return config.labels_path
 
 
 def read_labels(config: TrainConfig) -> dict[str, np.ndarray]:
     routed = [m.name for m in config.pool.members if m.name != config.pool.reference]
+    meta_path = config.labels_path.with_suffix(".meta.json")
+    if not meta_path.is_file():
+        raise RecordError(f"{config.labels_path}: no {meta_path.name} beside it (cut short?); run the labels stage again")
+    meta = json.loads(meta_path.read_text())
+    text = config.labels_path.read_text()
+    if "sha256" in meta and hashlib.sha256(text.encode()).hexdigest() != meta["sha256"]:
+        lines = len(text.splitlines())
+        raise RecordError(
+            f"{config.labels_path}: {lines} rows, not the {meta.get('rows')} rows {meta_path.name} describes "
+            "(cut short or edited); run the labels stage again with --overwrite"
+        )
     labels = {}
-    for line_number, line in enumerate(config.labels_path.read_text().splitlines(), start=1):
+    for line_number, line in enumerate(text.splitlines(), start=1):
         row = json.loads(line)
         missing = [m for m in routed if m not in row["labels"]]
         if missing:

@@ -148,11 +148,11 @@ class RecordStore(Generic[Record]):
                 self._keys.add(key)
 
     def _repair_partial_last_line(self) -> None:
-        """A run killed mid-write leaves a last line without newline: drop just that line."""
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
-            self.path.write_bytes(data[:cut])
+        """A run killed mid-write leaves a last line without newline: drop just that line,
+        truncating in place (rewriting the file would risk all of it to another kill)."""
+        from bestroute_lc.files import truncate_partial_last_line
+
+        truncate_partial_last_line(self.path)
 
     def __contains__(self, key: Any) -> bool:
         return key in self._keys

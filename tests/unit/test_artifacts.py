@@ -209,12 +209,13 @@ def test_truncated_weights(broken):
     weights = broken / WEIGHTS_FILE
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ArtifactError, match="cannot load weights") as info:
+    with pytest.raises(ArtifactError, match="sha256 differs|cannot load weights") as info:
         RouterPredictor.from_pretrained(broken)
     assert str(weights) in str(info.value)
 
 
 def test_garbage_weights(broken):
+    _edit_config(broken, weights_sha256=None)  # as an artifact without a checksum: the next check
     (broken / WEIGHTS_FILE).write_bytes(b"\x00" * 64 + b"not a safetensors file")
     with pytest.raises(ArtifactError, match="cannot load weights"):
         RouterPredictor.from_pretrained(broken)
@@ -223,7 +224,7 @@ def test_garbage_weights(broken):
 def test_weights_for_another_pool(broken):
     # config says three routed members, the weights have heads for two: strict load refuses
     _edit_config(broken, members=["small", "mid", "tiny"])
-    with pytest.raises(ArtifactError, match="cannot load weights"):
+    with pytest.raises(ArtifactError, match="saved for members"):
         RouterPredictor.from_pretrained(broken)
 
 
@@ -231,7 +232,10 @@ def test_reward_weights_under_router_config(broken, tmp_path):
     model = tiny_reward_model()
     model.save_pretrained(tmp_path / "reward")
     (broken / WEIGHTS_FILE).write_bytes((tmp_path / "reward" / WEIGHTS_FILE).read_bytes())
-    with pytest.raises(ArtifactError, match="cannot load weights"):
+    with pytest.raises(ArtifactError, match="sha256 differs"):
+        RouterPredictor.from_pretrained(broken)
+    _edit_config(broken, weights_sha256=None)  # without the checksum, the weights' own header refuses it
+    with pytest.raises(ArtifactError, match="saved for kind='reward'"):
         RouterPredictor.from_pretrained(broken)
     model.batcher.close()
 
@@ -429,5 +433,58 @@ def test_shared_encoder_heads_must_match_exactly(packaged_router, tmp_path: Path
     heads = load_file(str(tmp_path / WEIGHTS_FILE))
     heads.pop("heads.bias")
     save_file(heads, str(tmp_path / WEIGHTS_FILE))
+    _edit_config(tmp_path, weights_sha256=None)
     with pytest.raises(ArtifactError, match="head tensors"):
         RouterPredictor.from_pretrained(tmp_path)
+
+
+# -- integrity: checksums, head order, bounded configs, atomic saves -----------------------------
+def test_a_flipped_weight_byte_is_refused(broken):
+    weights = broken / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[len(data) - 10] ^= 0x01  # inside a tensor: safetensors alone would load it
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256 differs"):
+        RouterPredictor.from_pretrained(broken)
+
+
+def test_a_reordered_member_list_is_refused(broken):
+    config = json.loads((broken / CONFIG_FILE).read_text())
+    _edit_config(broken, members=list(reversed(config["members"])))
+    with pytest.raises(ArtifactError, match="saved for members"):
+        RouterPredictor.from_pretrained(broken)
+
+
+def test_an_oversized_encoder_config_is_refused_before_allocation(broken):
+    import time
+
+    config = json.loads((broken / CONFIG_FILE).read_text())
+    _edit_config(broken, encoder_config={**config["encoder_config"], "num_hidden_layers": 400})
+    start = time.perf_counter()
+    with pytest.raises(ArtifactError, match="num_hidden_layers=400"):
+        RouterPredictor.from_pretrained(broken)
+    assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -1.0])
+def test_prices_are_finite_and_non_negative(value):
+    with pytest.raises(ValueError):
+        Prices(input_per_mtok=value, output_per_mtok=1.0)
+
+
+def test_a_failed_save_leaves_the_previous_artifact(router_dir, tmp_path, monkeypatch):
+    import shutil
+
+    target = tmp_path / "artifact"
+    shutil.copytree(router_dir, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    router = RouterPredictor.from_pretrained(target)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("bestroute_lc.encoders.write_config", crash)
+    with pytest.raises(OSError, match="disk full"):
+        router.save_pretrained(target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
