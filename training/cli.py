@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from training import pipeline
-from training.config import load_config
+from training.config import ConfigError, load_config
 
 STAGES = ("generate", "score", "reward", "labels", "router", "all", "calibrate", "evaluate")
 
@@ -109,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.config is None:
         print(f"bestroute-train {args.stage}: --config is required", file=sys.stderr)
         return 2
-    config = load_config(args.config)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"bestroute-train {args.stage}: {exc}", file=sys.stderr)
+        return 2
     progress = not args.no_progress
     try:
         if args.stage == "generate":

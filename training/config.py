@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bestroute_lc.pool import NBilling, Pool, PoolMember
 from bestroute_lc.pricing import Prices
@@ -116,6 +116,7 @@ class MemberSpec(BaseModel):
 
 
 class PoolSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo'd key is an error, not a silent default
     reference: str
     members: list[MemberSpec] = Field(min_length=2)
 
@@ -212,13 +213,32 @@ class TrainConfig(BaseModel):
         return self.work_dir / "router"
 
 
+class ConfigError(ValueError):
+    """A config file that cannot be used: missing, unparsable or invalid (one line, with the path)."""
+
+
 def load_config(path: str | Path) -> TrainConfig:
     path = Path(path)
-    text = path.read_text()
-    if path.suffix in {".yaml", ".yml"}:
-        import yaml
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc.strerror or exc})") from exc
+    try:
+        if path.suffix in {".yaml", ".yml"}:
+            import yaml
 
-        raw = yaml.safe_load(text)
-    else:
-        raw = json.loads(text)
-    return TrainConfig.model_validate(raw).resolve_paths(path.resolve().parent)
+            raw = yaml.safe_load(text)
+        else:
+            raw = json.loads(text)
+    except Exception as exc:  # yaml.YAMLError, json.JSONDecodeError
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else (f":{exc.lineno}" if hasattr(exc, "lineno") else "")
+        problem = getattr(exc, "problem", None) or getattr(exc, "msg", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid {'YAML' if path.suffix in {'.yaml', '.yml'} else 'JSON'}: {problem}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    try:
+        return TrainConfig.model_validate(raw).resolve_paths(path.resolve().parent)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: invalid config: {problems}") from exc

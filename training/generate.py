@@ -70,6 +70,8 @@ def load_prompts(path: str | Path) -> list[PromptRecord]:
             raise RecordError(f"{path}:{line_number}: duplicate prompt id {record.id!r} (first on line {first_line[record.id]})")
         first_line[record.id] = line_number
         prompts.append(record)
+    if not prompts:
+        raise RecordError(f"{path}: no prompts (the file is empty)")
     return prompts
 
 

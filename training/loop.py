@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm.auto import tqdm
 
 
 class FitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo'd key is an error, not a silent default
     epochs: int = Field(default=5, ge=1)
     batch_size: int = Field(default=16, ge=1)
     learning_rate: float = Field(default=3e-5, gt=0)

@@ -96,13 +96,32 @@ def checked_samples(config: TrainConfig, prompts: list[PromptRecord]) -> list[Sa
     samples = []
     if not config.samples_path.exists():
         raise ValueError(f"{config.samples_path} does not exist: run the generate stage first")
+    first: dict[Any, int] = {}
     for line, sample in read_numbered_records(config.samples_path, SampleRecord):
         if sample.prompt_id not in prompt_ids:
             raise RecordError(f"{config.samples_path}:{line}: unknown prompt id {sample.prompt_id!r}")
         if sample.member not in members:
             raise RecordError(f"{config.samples_path}:{line}: unknown member {sample.member!r}; pool: {sorted(members)}")
+        if sample.key in first:
+            raise RecordError(f"{config.samples_path}:{line}: duplicate sample {sample.key} (first on line {first[sample.key]})")
+        first[sample.key] = line
         samples.append(sample)
     return samples
+
+
+def checked_scores(config: TrainConfig, prompt_ids: set[str]) -> list[ScoreRecord]:
+    """Scores, with unknown prompts and repeated keys reported by line number."""
+    if not config.scores_path.exists():
+        raise ValueError(f"{config.scores_path} does not exist: run the score stage first")
+    scores, first = [], {}
+    for line, score in read_numbered_records(config.scores_path, ScoreRecord):
+        if score.prompt_id not in prompt_ids:
+            raise RecordError(f"{config.scores_path}:{line}: score for unknown prompt id {score.prompt_id!r}")
+        if score.key in first:
+            raise RecordError(f"{config.scores_path}:{line}: duplicate score for {score.key} (first on line {first[score.key]})")
+        first[score.key] = line
+        scores.append(score)
+    return scores
 
 
 def stage_score(config: TrainConfig, progress: bool = True, judge: Any = None) -> int:
@@ -161,9 +180,7 @@ def load_split(config: TrainConfig, prompts: list[PromptRecord]) -> Split:
 def load_data(config: TrainConfig) -> tuple[list[PromptRecord], dict[str, PromptData], Split]:
     prompts = load_prompts(config.prompts)
     samples = checked_samples(config, prompts)
-    if not config.scores_path.exists():
-        raise ValueError(f"{config.scores_path} does not exist: run the score stage first")
-    scores = [record for _, record in read_numbered_records(config.scores_path, ScoreRecord)]
+    scores = checked_scores(config, {p.id for p in prompts})
     data = join(prompts, samples, scores)
     if config.incomplete_prompts == "skip":
         wanted = {m.name: m.samples or config.samples_per_member for m in config.pool.members}

@@ -12,12 +12,13 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from training.records import PromptRecord
 
 
 class SplitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo'd key is an error, not a silent default
     train: float = Field(default=0.8, gt=0)
     validation: float = Field(default=0.1, ge=0)
     test: float = Field(default=0.1, ge=0)
