@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import enum
+import threading
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from bestroute_lc.policy import MemberCosts
 from bestroute_lc.pricing import PRESETS, Prices, lookup_prices
@@ -41,6 +44,29 @@ def model_name_of(chat_model: BaseChatModel) -> str | None:
     return None
 
 
+@dataclass
+class MemberHealth:
+    """A member's recent failures (shared by every call that uses the member object)."""
+
+    consecutive_failures: int = 0
+    cooldown_until: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def cooling_down(self, now: float | None = None) -> float:
+        """Seconds of cooldown left (0: usable)."""
+        return max(0.0, self.cooldown_until - (time.monotonic() if now is None else now))
+
+    def record(self, ok: bool, after: int, cooldown_s: float) -> None:
+        with self._lock:
+            if ok:
+                self.consecutive_failures = 0
+                return
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= after:
+                self.cooldown_until = time.monotonic() + cooldown_s
+                self.consecutive_failures = 0
+
+
 class PoolMember(BaseModel):
     """One model of the pool."""
 
@@ -58,6 +84,15 @@ class PoolMember(BaseModel):
     max_retries: int = Field(default=1, ge=0)
     #: Content block types this member accepts besides text (e.g. {"image", "image_url"}).
     extra_content_types: frozenset[str] = frozenset()
+    #: Circuit breaker: after this many failed requests in a row the member is skipped (its
+    #: calls fall back at once, "cooling down" in the attempts) for ``cooldown_s`` seconds.
+    cooldown_after: int = Field(default=3, ge=1)
+    cooldown_s: float = Field(default=30.0, ge=0)
+    _health: MemberHealth = PrivateAttr(default_factory=lambda: MemberHealth())
+
+    @property
+    def health(self) -> MemberHealth:
+        return self._health
 
     @classmethod
     def from_model(
@@ -88,6 +123,18 @@ class PoolMember(BaseModel):
         elif prices is None:
             prices = lookup_prices(model_id or name, provider)
         kwargs.setdefault("n_billing", default_n_billing(chat_model))
+        # One owner of retries: a client that retries by itself (the OpenAI and Mistral SDKs do,
+        # honouring Retry-After) keeps doing so and the member adds none, so retries never multiply
+        # (2 SDK retries x 2 member attempts x n samples made 24 requests of one failing call).
+        client_retries = getattr(chat_model, "max_retries", None)
+        if isinstance(client_retries, int) and client_retries > 0:
+            if kwargs.get("max_retries", 0) > 0:
+                raise ValueError(
+                    f"member {name!r}: its client retries {client_retries} time(s) itself and max_retries="
+                    f"{kwargs['max_retries']} would multiply them; let one of the two retry (max_retries=0 here, "
+                    "or max_retries=0 on the client)"
+                )
+            kwargs["max_retries"] = 0
         return cls(name=name, chat_model=chat_model, prices=prices, **kwargs)
 
     @property

@@ -119,14 +119,62 @@ def member_call_kwargs(member: PoolMember, call_kwargs: dict[str, Any]) -> dict[
         kwargs.update(getattr(bound, "kwargs", {}))
     return kwargs
 
+#: HTTP statuses worth another try (as the OpenAI SDK and LiteLLM retry): request timeout,
+#: conflict, rate limit, and server errors. Any other status (400, 401, 403, 404, 422...) fails
+#: the same way again.
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+
+
+def status_code(exc: BaseException) -> int | None:
+    for source in (exc, getattr(exc, "response", None)):
+        code = getattr(source, "status_code", None)
+        if isinstance(code, int):
+            return code
+    return None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Timeouts, connection errors and failures without a status are retried; of HTTP errors,
+    only ``RETRYABLE_STATUS`` and 5xx."""
+    code = status_code(exc)
+    return code is None or code in RETRYABLE_STATUS or code >= 500
+
+
+def retry_after_s(exc: BaseException) -> float | None:
+    """The wait a 429/503 asks for (``retry-after-ms``, ``Retry-After`` in seconds or as a date)."""
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    if headers is None:
+        return None
+    try:
+        if headers.get("retry-after-ms") is not None:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            from email.utils import parsedate_to_datetime
+
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
 async def _one_request(
     member: PoolMember, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
 ) -> tuple[list[AIMessage], UsageMetadata | None]:
-    """One request with retries and a timeout per attempt; returns (samples, billed usage)."""
+    """One request with retries and a timeout per attempt; returns (samples, billed usage).
+
+    Retries only what can succeed on another try (``is_retryable``), after the wait the
+    provider asked for (``Retry-After``, capped by the member's timeout) or a short backoff.
+    Every outcome feeds the member's circuit breaker (``PoolMember.health``)."""
     last_error: BaseException | None = None
     for attempt in range(member.max_retries + 1):
         if attempt:
-            await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
+            assert last_error is not None
+            wait = retry_after_s(last_error)
+            await asyncio.sleep(min(wait, member.timeout_s) if wait is not None else min(0.05 * 2**attempt, 2.0))
         try:
             result = await asyncio.wait_for(
                 run_detached(lambda: member.chat_model.agenerate([list(messages)], stop=stop, **kwargs)),
@@ -134,10 +182,14 @@ async def _one_request(
             )
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any provider failure is retried, then reported
+        except Exception as exc:  # noqa: BLE001 - reported, retried when it can help
             last_error = exc
+            member.health.record(False, member.cooldown_after, member.cooldown_s)
             logger.info("bestroute: %s attempt %d failed: %s", member.name, attempt + 1, describe_error(exc))
+            if not is_retryable(exc):
+                break
             continue
+        member.health.record(True, member.cooldown_after, member.cooldown_s)
         generations = result.generations[0]
         messages_out = [g.message for g in generations if isinstance(g.message, AIMessage)]
         # With native n the provider reports the usage of the whole request on every
@@ -152,6 +204,11 @@ async def draw_samples(
 ) -> tuple[list[AIMessage], Attempt]:
     """Draw ``n`` samples from ``member``; failed or empty samples are dropped and recorded."""
     attempt = Attempt(member=member.name, n=n)
+    left = member.health.cooling_down()
+    if left > 0:  # failed repeatedly just now: skip it without a request (the caller falls back)
+        attempt.error = f"cooling down: {left:.1f} s left after {member.cooldown_after} failed requests in a row"
+        attempt.causes = ["cooling down"]
+        return [], attempt
     kwargs = member_call_kwargs(member, call_kwargs)
     start = time.perf_counter()
     if member.n_billing is NBilling.NATIVE and n > 1:
@@ -210,13 +267,19 @@ async def stream_member(
     Raises ``NoFirstChunk`` when every try fails before the first chunk (the caller
     falls back); later failures propagate as they are.
     """
+    if member.health.cooling_down() > 0:
+        raise NoFirstChunk() from RuntimeError(f"{member.name} is cooling down after repeated failures")
     kwargs = member_call_kwargs(member, call_kwargs)
     if member.n_billing is NBilling.NATIVE:
         kwargs.setdefault("stream_usage", True)  # OpenAI protocol: usage only when asked
     last_error: BaseException | None = None
     for try_index in range(member.max_retries + 1):
         if try_index:
-            await asyncio.sleep(min(0.05 * 2**try_index, 2.0))
+            assert last_error is not None
+            if not is_retryable(last_error):
+                break
+            wait = retry_after_s(last_error)
+            await asyncio.sleep(min(wait, member.timeout_s) if wait is not None else min(0.05 * 2**try_index, 2.0))
         queue: asyncio.Queue = asyncio.Queue()
         task = asyncio.get_running_loop().create_task(
             _tracing_off(lambda q=queue: _pump(member, messages, stop, kwargs, q)), context=contextvars.Context()
@@ -232,9 +295,12 @@ async def stream_member(
                 if item is _STREAM_DONE:
                     if not received_any:
                         last_error = RuntimeError("empty response")
+                        member.health.record(False, member.cooldown_after, member.cooldown_s)
                         break
+                    member.health.record(True, member.cooldown_after, member.cooldown_s)
                     return
                 if isinstance(item, BaseException):
+                    member.health.record(False, member.cooldown_after, member.cooldown_s)
                     if received_any:
                         raise item
                     last_error = item
