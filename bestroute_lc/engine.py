@@ -154,8 +154,10 @@ class RouteResult:
             "chosen_index": self.extra.get("chosen_index", 0),
             "reranker": self.reranker,
             "rerank_error": self.rerank_error,
+            "unconfirmed_cost_usd": sum(a.unconfirmed_cost_usd for a in self.attempts),
             "attempts": [
-                {"member": a.member, "n": a.n, "received": a.received, "error": a.error, "cost_usd": a.cost_usd}
+                {"member": a.member, "n": a.n, "received": a.received, "short": a.received < a.n, "error": a.error,
+                 "cost_usd": a.cost_usd, "unconfirmed_cost_usd": a.unconfirmed_cost_usd}
                 for a in self.attempts
             ],
             "latency_s": self.latency_s,
@@ -191,6 +193,15 @@ class _CallState:
     @property
     def cost_usd(self) -> float:
         return sum(a.cost_usd for a in self.attempts)
+
+    @property
+    def unconfirmed_usd(self) -> float:
+        return sum(a.unconfirmed_cost_usd for a in self.attempts)
+
+    @property
+    def exposure_usd(self) -> float:
+        """What the spend cap counts: billed plus unconfirmed."""
+        return self.cost_usd + self.unconfirmed_usd
 
 
 @dataclass
@@ -393,14 +404,14 @@ class BestRouteEngine:
         return state.stages is not None and option.member != self.pool.reference
 
     def _raise_all_failed(self, state: _CallState) -> NoReturn:
-        self.spend.add(state.cost_usd)  # failed calls can still be billed
+        self.spend.add(state.exposure_usd)  # failed calls can still be billed
         detail = "; ".join(f"{a.member} (n={a.n}): {a.error or 'no usable sample'}" for a in state.attempts)
         raise BestRouteError(f"every pool option failed: {detail}")
 
     def _cap_reached(self, state: _CallState) -> bool:
         """Would escalating spend past the cap? (This call's cost so far counts.)"""
         cap = self.spend.cap_usd
-        return cap is not None and self.spend.spent_usd + state.cost_usd >= cap
+        return cap is not None and self.spend.spent_usd + state.exposure_usd >= cap
 
     def _finish(self, state: _CallState, pick: _Pick, reason: str | None = None) -> RouteResult:
         candidates = pick.candidates
@@ -408,7 +419,7 @@ class BestRouteEngine:
         usage = sum_usage([a.usage for a in state.attempts])
         message = chosen.model_copy(deep=True)
         message.usage_metadata = usage
-        self.spend.add(state.cost_usd)
+        self.spend.add(state.exposure_usd)
         latency = {"routing": state.routing_s, "generation": state.generation_s, "rerank": state.rerank_s}
         if state.stages is not None:
             latency["verify"] = state.verify_s

@@ -46,6 +46,10 @@ class Attempt:
     error: str | None = None
     #: The distinct causes of failed samples, for code that counts them.
     causes: list[str] = field(default_factory=list)
+    #: USD that requests which ended without a usage report (timed out, cut, connection lost)
+    #: may still have cost: their prompt plus the expected output, an estimate the provider did
+    #: not confirm; counted by the spend cap, reported apart from the billed cost.
+    unconfirmed_cost_usd: float = 0.0
     usage: UsageMetadata | None = None
     input_cost_usd: float = 0.0
     output_cost_usd: float = 0.0
@@ -61,7 +65,7 @@ class Attempt:
         self.input_cost_usd, self.output_cost_usd = usage_cost_split(usage, prices)
 
 
-def _usage_from_result(generation_message: BaseMessage, llm_output: dict[str, Any] | None) -> UsageMetadata | None:
+def _usage_from_result(generation_message: BaseMessage | None, llm_output: dict[str, Any] | None) -> UsageMetadata | None:
     usage = getattr(generation_message, "usage_metadata", None)
     if usage:
         return usage
@@ -194,10 +198,23 @@ async def _one_request(
         messages_out = [g.message for g in generations if isinstance(g.message, AIMessage)]
         # With native n the provider reports the usage of the whole request on every
         # choice: count it once.
-        usage = _usage_from_result(generations[0].message, result.llm_output) if generations else None
+        # No choices at all (a provider can answer 200 with none) still bills what it reports.
+        usage = _usage_from_result(generations[0].message if generations else None, result.llm_output)
         return messages_out, usage
     assert last_error is not None
     raise last_error
+
+def may_have_been_billed(exc: BaseException) -> bool:
+    """A request that ended without an answer but maybe after the provider did the work:
+    timeouts and connection failures (no HTTP status). HTTP errors are not billed."""
+    return status_code(exc) is None
+
+
+def unconfirmed_cost(member: PoolMember, messages: Sequence[BaseMessage], samples: int) -> float:
+    """The prompt (about 4 characters a token) plus ``samples`` expected answers, at the member's prices."""
+    prompt_tokens = sum(len(str(m.content)) for m in messages) / 4
+    return member.prices.input_cost(prompt_tokens) + member.prices.output_cost(samples * member.avg_output_tokens)
+
 
 async def draw_samples(
     member: PoolMember, n: int, messages: Sequence[BaseMessage], stop: list[str] | None, call_kwargs: dict[str, Any]
@@ -219,14 +236,19 @@ async def draw_samples(
     samples: list[AIMessage] = []
     usages: list[UsageMetadata | None] = []
     errors: list[str] = []
+    per_request = n if len(requests) == 1 else 1
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             if isinstance(outcome, asyncio.CancelledError):
                 raise outcome
             errors.append(describe_error(outcome))
+            if may_have_been_billed(outcome):
+                attempt.unconfirmed_cost_usd += unconfirmed_cost(member, messages, per_request)
             continue
         got, usage = outcome
         usages.append(usage)
+        if not got:
+            errors.append("no choices returned")
         for message in got:
             if _is_empty(message):
                 errors.append("empty response")
