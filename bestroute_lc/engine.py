@@ -52,6 +52,7 @@ from bestroute_lc.sampling import (
     draw_samples,
     stream_member,
     sum_usage,
+    unconfirmed_cost,
 )
 from bestroute_lc.verifiers import Verdict, Verifier
 
@@ -59,7 +60,23 @@ logger = logging.getLogger(__name__)
 
 
 class BestRouteError(RuntimeError):
-    """Every option of the fallback chain failed; the message names each failure."""
+    """A call that ended without an answer: every option of the fallback chain failed, or a
+    stream was cut after tokens were shown. The message names each failure; ``attempts``
+    (member, n, received, error, billed and unconfirmed cost), ``cost_usd`` and
+    ``unconfirmed_cost_usd`` say what was tried and what it may have cost."""
+
+    def __init__(self, message: str, *, attempts: list[dict[str, Any]] | None = None, cost_usd: float = 0.0,
+                 unconfirmed_cost_usd: float = 0.0) -> None:
+        super().__init__(message)
+        self.attempts = attempts or []
+        self.cost_usd = cost_usd
+        self.unconfirmed_cost_usd = unconfirmed_cost_usd
+
+
+def _attempt_record(a: Attempt) -> dict[str, Any]:
+    """One attempt as the decision metadata and ``BestRouteError`` report it."""
+    return {"member": a.member, "n": a.n, "received": a.received, "short": a.received < a.n, "error": a.error,
+            "cost_usd": a.cost_usd, "unconfirmed_cost_usd": a.unconfirmed_cost_usd}
 
 
 def approximate_tokens(text: str) -> int:
@@ -155,11 +172,7 @@ class RouteResult:
             "reranker": self.reranker,
             "rerank_error": self.rerank_error,
             "unconfirmed_cost_usd": sum(a.unconfirmed_cost_usd for a in self.attempts),
-            "attempts": [
-                {"member": a.member, "n": a.n, "received": a.received, "short": a.received < a.n, "error": a.error,
-                 "cost_usd": a.cost_usd, "unconfirmed_cost_usd": a.unconfirmed_cost_usd}
-                for a in self.attempts
-            ],
+            "attempts": [_attempt_record(a) for a in self.attempts],
             "latency_s": self.latency_s,
             **({"spent_usd": self.extra["spent_usd"]} if "spent_usd" in self.extra else {}),
         }
@@ -406,7 +419,8 @@ class BestRouteEngine:
     def _raise_all_failed(self, state: _CallState) -> NoReturn:
         self.spend.add(state.exposure_usd)  # failed calls can still be billed
         detail = "; ".join(f"{a.member} (n={a.n}): {a.error or 'no usable sample'}" for a in state.attempts)
-        raise BestRouteError(f"every pool option failed: {detail}")
+        raise BestRouteError(f"every pool option failed: {detail}", attempts=[_attempt_record(a) for a in state.attempts],
+                             cost_usd=state.cost_usd, unconfirmed_cost_usd=state.unconfirmed_usd)
 
     def _cap_reached(self, state: _CallState) -> bool:
         """Would escalating spend past the cap? (This call's cost so far counts.)"""
@@ -594,6 +608,23 @@ class BestRouteEngine:
                 yield chunk.model_copy(update={"usage_metadata": None, "chunk_position": None, "response_metadata": {}})
         except NoFirstChunk as exc:
             attempt.error = describe_error(exc.__cause__ or exc)
+        except Exception as exc:  # noqa: BLE001 - cut after the first chunk: shown tokens cannot be taken back
+            # The provider did the work up to the cut and reported no usage: bill the tokens
+            # shown as unconfirmed, and end the call with its attempts and cost.
+            attempt.error = f"stream cut after the first chunk: {describe_error(exc)}"
+            attempt.latency_s = time.perf_counter() - start
+            attempt.received = 0
+            attempt.bill(usage, pool_member.prices)
+            if usage is None:
+                shown = len(str(collected.content)) / 4 if collected is not None else 0.0
+                attempt.unconfirmed_cost_usd = unconfirmed_cost(pool_member, messages, 0) + pool_member.prices.output_cost(shown)
+            state.record(attempt)
+            self.spend.add(state.exposure_usd)
+            raise BestRouteError(
+                f"{option.member} failed mid-stream, after tokens were shown: {attempt.error}",
+                attempts=[_attempt_record(a) for a in state.attempts], cost_usd=state.cost_usd,
+                unconfirmed_cost_usd=state.unconfirmed_usd,
+            ) from exc
         attempt.latency_s = time.perf_counter() - start
         attempt.bill(usage, pool_member.prices)
         state.record(attempt)

@@ -61,3 +61,26 @@ def test_fewer_samples_than_asked_are_flagged() -> None:
     attempt = meta["attempts"][0]
     assert (attempt["n"], attempt["received"], attempt["short"]) == (3, 2, True)
     assert meta["member"] == "small" and meta["samples_received"] == 2
+
+
+def test_a_stream_cut_after_the_first_chunk_ends_in_best_route_error_with_attempts_and_cost() -> None:
+    from langchain_core.messages import AIMessageChunk
+    from langchain_core.outputs import ChatGenerationChunk
+
+    class CutStream(ScriptedChatModel):
+        async def _astream(self, messages, stop=None, run_manager=None, **kwargs):
+            yield ChatGenerationChunk(message=AIMessageChunk(content="The answer "))
+            yield ChatGenerationChunk(message=AIMessageChunk(content="is "))
+            raise ConnectionError("connection reset by peer, api_key=sk-proj-0123456789abcdefghij")
+
+    llm = make_llm(threshold=0.99)  # nothing passes: the reference, n = 1, streams through
+    llm.pool["big"].chat_model = CutStream(name_="big", calls=[])
+    shown = []
+    with pytest.raises(BestRouteError, match="mid-stream") as info:
+        for chunk in llm.stream("hi"):
+            shown.append(chunk.content)
+    assert "".join(shown) == "The answer is "
+    error = info.value
+    assert error.attempts and error.attempts[-1]["member"] == "big" and "stream cut" in error.attempts[-1]["error"]
+    assert error.unconfirmed_cost_usd > 0 and error.cost_usd == 0.0
+    assert "sk-proj-0123456789abcdefghij" not in str(error) and "sk-proj-0123456789abcdefghij" not in str(error.attempts)
