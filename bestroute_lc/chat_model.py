@@ -47,11 +47,10 @@ from bestroute_lc.engine import BestRouteEngine, RouteResult
 from bestroute_lc.policy import validate_threshold
 from bestroute_lc.pool import Pool
 from bestroute_lc.rerankers.base import Reranker
-from bestroute_lc.reward import RewardPredictor
 from bestroute_lc.router import RouterPredictor
 from bestroute_lc.sync_bridge import iterate_sync, run_sync
 from bestroute_lc.tracing import trace_cost_around_tracers
-from bestroute_lc.verifiers import Verifier, verifier_from_name
+from bestroute_lc.verifiers import Verifier
 
 #: Name of the custom callback event that carries each routing decision.
 DECISION_EVENT = "bestroute_decision"
@@ -172,20 +171,11 @@ class BestRouteChatModel(BaseChatModel):
     def _build_engine(self) -> BestRouteChatModel:
         if self.model is not None:
             self.pool[self.model]  # unknown member -> ValueError naming the members
-        policy = self.policy
-        if policy is not None:
-            if policy.kind == "router" and policy.threshold is not None and "threshold" not in self.model_fields_set:
-                self.threshold = validate_threshold(policy.threshold)
-            if self.verifier is None and policy.verifier:
-                self.verifier = verifier_from_name(policy.verifier)
-        self._engine = BestRouteEngine(
-            self.pool,
-            self.router,
-            self.reranker,
-            self.spend_cap_usd,
-            verifier=self.verifier,
-            policy=policy,
-            escalation=self.escalation,
+        from bestroute_lc.loading import build_engine
+
+        self._engine, self.threshold, self.verifier = build_engine(
+            self.pool, self.router, self.reranker, threshold=self.threshold, threshold_given="threshold" in self.model_fields_set,
+            policy=self.policy, verifier=self.verifier, escalation=self.escalation, spend_cap_usd=self.spend_cap_usd,
         )
         return self
 
@@ -215,40 +205,14 @@ class BestRouteChatModel(BaseChatModel):
         else the calibrated threshold. ``target="cost_reduction=0.4"`` names the same key
         directly.
         """
-        router = RouterPredictor.from_pretrained(router_path, device=device)
-        targets = {
-            "cost_reduction": target_cost_reduction,
-            "max_quality_drop": target_max_quality_drop,
-            "reference_share": target_reference_share,
-            "budget_per_1000": target_budget_per_1000,
-        }
-        keys = [f"{kind}={value:g}" for kind, value in targets.items() if value is not None]
-        if target is not None:
-            keys.append(target)
-        if len(keys) > 1 or (keys and ("threshold" in kwargs or "policy" in kwargs)):
-            raise ValueError("give one of threshold=, policy= or a single target (target= or target_*=)")
-        if keys:
-            (key,) = keys
-            policies, thresholds = router.config.policies, router.config.thresholds
-            if key in policies:
-                policy = policies[key]
-                kwargs["policy"] = policy
-                threshold = policy.threshold if policy.threshold is not None else thresholds.get(key)
-                if policy.kind == "router" and threshold is not None:
-                    kwargs["threshold"] = threshold
-            elif key in thresholds:
-                kwargs["threshold"] = thresholds[key]
-            else:
-                known = sorted(set(thresholds) | set(policies)) or ["none: run bestroute-train calibrate"]
-                raise ValueError(f"{router_path} has no threshold calibrated for {key}; calibrated: {known}")
-        lengths = {
-            m.name: router.config.avg_output_tokens[m.name]
-            for m in pool
-            if "avg_output_tokens" not in m.model_fields_set and m.name in router.config.avg_output_tokens
-        }
-        if reranker is None and reward_path is not None:
-            reranker = RewardPredictor.from_pretrained(reward_path, device=device)
-        return cls(pool=pool.with_avg_output_tokens(lengths), router=router, reranker=reranker, **kwargs)
+        from bestroute_lc.loading import load_pretrained
+
+        setup = load_pretrained(
+            router_path, reward_path, pool=pool, reranker=reranker, device=device, target=target,
+            target_cost_reduction=target_cost_reduction, target_max_quality_drop=target_max_quality_drop,
+            target_reference_share=target_reference_share, target_budget_per_1000=target_budget_per_1000, **kwargs,
+        )
+        return cls(pool=setup.pool, router=setup.router, reranker=setup.reranker, **setup.settings)
 
     # -- LangChain plumbing -------------------------------------------------------------
     @property

