@@ -181,19 +181,7 @@ class BestRouteChatModel(BaseChatModel):
 
     @classmethod
     def from_pretrained(
-        cls,
-        router_path: str | Path,
-        reward_path: str | Path | None = None,
-        *,
-        pool: Pool,
-        reranker: Reranker | None = None,
-        device: str | None = None,
-        target: str | None = None,
-        target_cost_reduction: float | None = None,
-        target_max_quality_drop: float | None = None,
-        target_reference_share: float | None = None,
-        target_budget_per_1000: float | None = None,
-        **kwargs: Any,
+        cls, router_path: str | Path, reward_path: str | Path | None = None, *, pool: Pool, **kwargs: Any
     ) -> BestRouteChatModel:
         """Load trained artifacts. The pool must be the one the router was trained for;
         members keep an explicitly set ``avg_output_tokens``, others take the router's.
@@ -207,11 +195,8 @@ class BestRouteChatModel(BaseChatModel):
         """
         from bestroute_lc.loading import load_pretrained
 
-        setup = load_pretrained(
-            router_path, reward_path, pool=pool, reranker=reranker, device=device, target=target,
-            target_cost_reduction=target_cost_reduction, target_max_quality_drop=target_max_quality_drop,
-            target_reference_share=target_reference_share, target_budget_per_1000=target_budget_per_1000, **kwargs,
-        )
+        # reranker=, device=, target= / target_*= are load_pretrained's; the rest are this model's fields.
+        setup = load_pretrained(router_path, reward_path, pool=pool, **kwargs)
         return cls(pool=setup.pool, router=setup.router, reranker=setup.reranker, **setup.settings)
 
     # -- LangChain plumbing -------------------------------------------------------------
