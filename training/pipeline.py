@@ -90,39 +90,34 @@ def stage_generate(config: TrainConfig, pool: Pool | None = None, progress: bool
     )
 
 
+def _checked_records(path: Path, record_type: type, prompt_ids: set[str], what: str, stage: str,
+                     members: set[str] | None = None) -> list[Any]:
+    """The records of a samples or scores file, with unknown prompts (or members) and repeated
+    keys reported by file:line."""
+    if not path.exists():
+        raise ValueError(f"{path} does not exist: run the {stage} stage first")
+    records, first = [], {}
+    for line, record in read_numbered_records(path, record_type):
+        if record.prompt_id not in prompt_ids:
+            raise RecordError(f"{path}:{line}: {what} for unknown prompt id {record.prompt_id!r}")
+        if members is not None and record.member not in members:
+            raise RecordError(f"{path}:{line}: unknown member {record.member!r}; pool: {sorted(members)}")
+        if record.key in first:
+            raise RecordError(f"{path}:{line}: duplicate {what} for {record.key} (first on line {first[record.key]})")
+        first[record.key] = line
+        records.append(record)
+    return records
+
+
 def checked_samples(config: TrainConfig, prompts: list[PromptRecord]) -> list[SampleRecord]:
-    """Samples, with unknown prompts or members reported by line number."""
-    prompt_ids = {p.id for p in prompts}
-    members = {m.name for m in config.pool.members}
-    samples = []
-    if not config.samples_path.exists():
-        raise ValueError(f"{config.samples_path} does not exist: run the generate stage first")
-    first: dict[Any, int] = {}
-    for line, sample in read_numbered_records(config.samples_path, SampleRecord):
-        if sample.prompt_id not in prompt_ids:
-            raise RecordError(f"{config.samples_path}:{line}: unknown prompt id {sample.prompt_id!r}")
-        if sample.member not in members:
-            raise RecordError(f"{config.samples_path}:{line}: unknown member {sample.member!r}; pool: {sorted(members)}")
-        if sample.key in first:
-            raise RecordError(f"{config.samples_path}:{line}: duplicate sample {sample.key} (first on line {first[sample.key]})")
-        first[sample.key] = line
-        samples.append(sample)
-    return samples
+    """Samples, with unknown prompts or members and repeated keys reported by line number."""
+    return _checked_records(config.samples_path, SampleRecord, {p.id for p in prompts}, "sample", "generate",
+                            {m.name for m in config.pool.members})
 
 
 def checked_scores(config: TrainConfig, prompt_ids: set[str]) -> list[ScoreRecord]:
     """Scores, with unknown prompts and repeated keys reported by line number."""
-    if not config.scores_path.exists():
-        raise ValueError(f"{config.scores_path} does not exist: run the score stage first")
-    scores, first = [], {}
-    for line, score in read_numbered_records(config.scores_path, ScoreRecord):
-        if score.prompt_id not in prompt_ids:
-            raise RecordError(f"{config.scores_path}:{line}: score for unknown prompt id {score.prompt_id!r}")
-        if score.key in first:
-            raise RecordError(f"{config.scores_path}:{line}: duplicate score for {score.key} (first on line {first[score.key]})")
-        first[score.key] = line
-        scores.append(score)
-    return scores
+    return _checked_records(config.scores_path, ScoreRecord, prompt_ids, "score", "score")
 
 
 def stage_score(config: TrainConfig, progress: bool = True, judge: Any = None) -> int:

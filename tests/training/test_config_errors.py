@@ -60,7 +60,7 @@ def test_duplicate_and_empty_inputs_are_refused_by_file_and_line(tmp_path: Path,
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({**raw, "prompts": "prompts.jsonl", "work_dir": "work"}))
     assert cli.main(["reward", "--config", str(config), "--no-progress"]) == 2
-    assert "samples.jsonl:2: duplicate sample" in capsys.readouterr().err
+    assert "samples.jsonl:2: duplicate sample for" in capsys.readouterr().err
     (work / "samples.jsonl").write_text(json.dumps(sample) + "\n")
     score = {"prompt_id": "q1", "member": "gpt-4o", "sample_index": 0, "score": 1.0}
     (work / "scores.jsonl").write_text(json.dumps(score) + "\n" + json.dumps({**score, "score": 0.0}) + "\n")
