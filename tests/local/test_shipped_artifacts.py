@@ -45,8 +45,14 @@ def test_the_shipped_artifacts_are_heads_only_and_small() -> None:
 
 def test_the_default_model_loads_against_the_local_pool_and_routes() -> None:
     llm = default_chat_model(pool=stand_in_pool())
-    assert llm.threshold == pytest.approx(read_config(ARTIFACTS / "router", "router").policies[DEFAULT_TARGET].threshold)
-    message = llm.invoke("Write a python function to add two numbers.")
+    policy = read_config(ARTIFACTS / "router", "router").policies[DEFAULT_TARGET]
+    assert llm.policy == policy  # what calibration chose for the default target (router, constant or verified)
+    if policy.kind == "router":
+        assert llm.threshold == pytest.approx(policy.threshold)
+    assert llm.invoke("hi").response_metadata["bestroute"]["member"] in (ROUTED, REFERENCE)
+    routed = default_chat_model(pool=stand_in_pool(), target="cost_reduction=0.4")  # a router policy
+    assert routed.policy.kind == "router"
+    message = routed.invoke("Write a python function to add two numbers.")
     decision = message.response_metadata["bestroute"]
     assert decision["member"] in (ROUTED, REFERENCE) and len(decision["match_probabilities"][ROUTED]) == 8
     assert all(0.0 <= p <= 1.0 for p in decision["match_probabilities"][ROUTED])
