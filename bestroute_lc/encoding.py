@@ -22,7 +22,9 @@ from bestroute_lc.conversation import RenderedConversation
 def _token_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     if not texts:
         return []
-    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    # Full lengths on purpose (texts are cut to the budget next): verbose=False keeps transformers from
+    # warning that these counts exceed the model maximum.
+    return tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
 
 
 def _count(tokenizer: Any, text: str) -> int:
@@ -34,7 +36,7 @@ def _budget(tokenizer: Any, max_length: int, pair: bool) -> int:
 
 
 def _offsets(tokenizer: Any, text: str) -> list[tuple[int, int]]:
-    return tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
 
 
 def tail_text(tokenizer: Any, text: str, keep_tokens: int) -> str:
