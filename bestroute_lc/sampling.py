@@ -217,11 +217,12 @@ def unconfirmed_cost(member: PoolMember, messages: Sequence[BaseMessage], sample
 
 
 async def draw_samples(
-    member: PoolMember, n: int, messages: Sequence[BaseMessage], stop: list[str] | None, call_kwargs: dict[str, Any]
+    member: PoolMember, n: int, messages: Sequence[BaseMessage], stop: list[str] | None, call_kwargs: dict[str, Any],
+    respect_cooldown: bool = True,
 ) -> tuple[list[AIMessage], Attempt]:
     """Draw ``n`` samples from ``member``; failed or empty samples are dropped and recorded."""
     attempt = Attempt(member=member.name, n=n)
-    left = member.health.cooling_down()
+    left = member.health.cooling_down() if respect_cooldown else 0.0
     if left > 0:  # failed repeatedly just now: skip it without a request (the caller falls back)
         attempt.error = f"cooling down: {left:.1f} s left after {member.cooldown_after} failed requests in a row"
         attempt.causes = ["cooling down"]

@@ -278,7 +278,8 @@ async def agenerate_samples(
         if messages is None:
             messages = messages_cache[job.prompt.id] = job.prompt.chat_messages()
         job_kwargs = {**kwargs, "max_tokens": job.prompt.max_tokens} if job.prompt.max_tokens else kwargs
-        samples, attempt = await draw_samples(member, len(job.indices), messages, None, job_kwargs)
+        # Data generation wants every sample: no circuit breaker (a rerun fills what failed).
+        samples, attempt = await draw_samples(member, len(job.indices), messages, None, job_kwargs, respect_cooldown=False)
         report.cost_usd += attempt.cost_usd
         records = _records(job.prompt.id, member, job.indices, samples, attempt)
         added = store.append(records) if records else 0
