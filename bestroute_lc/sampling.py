@@ -205,9 +205,11 @@ async def _one_request(
     raise last_error
 
 def may_have_been_billed(exc: BaseException) -> bool:
-    """A request that ended without an answer but maybe after the provider did the work:
-    timeouts and connection failures (no HTTP status). HTTP errors are not billed."""
-    return status_code(exc) is None
+    """A request that ended without a readable answer but maybe after the provider did the
+    work: timeouts and connection failures (no HTTP status), and a 200 whose body could not be
+    read. HTTP errors are not billed."""
+    code = status_code(exc)
+    return code is None or 200 <= code < 300
 
 
 def unconfirmed_cost(member: PoolMember, messages: Sequence[BaseMessage], samples: int) -> float:

@@ -59,5 +59,15 @@ def test_three_hundred_concurrent_calls_under_faults() -> None:
         assert meta["actual_cost_usd"] > 0 and meta["actual_cost_usd"] == pytest.approx(sum(a["cost_usd"] for a in meta["attempts"]))
     for error in failed:
         assert error.attempts
+    # Billing truth: what the calls counted as billed is at most what the servers billed, and
+    # billed plus the unconfirmed estimates covers it.
+    prices = {f"loop-{m.name}": m.prices for m in pool}
+    ledger = sum(prices[model].input_cost(p) + prices[model].output_cost(c)
+                 for server in (openai, mistral) for model, p, c in server.billing)
+    confirmed = (sum(m.response_metadata["bestroute"]["actual_cost_usd"] for m in answered)
+                 + sum(e.cost_usd for e in failed))
+    unconfirmed = (sum(m.response_metadata["bestroute"]["unconfirmed_cost_usd"] for m in answered)
+                   + sum(e.unconfirmed_cost_usd for e in failed))
+    assert confirmed <= ledger * (1 + 1e-9) <= confirmed + unconfirmed
     time.sleep(0.5)
     assert threading.active_count() <= threads_before + 8  # the shared bridge loop and pool threads at most

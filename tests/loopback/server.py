@@ -247,6 +247,10 @@ class LoopbackLLMServer:
                 self._behaviors[name] = behavior if behavior is not None else ModelBehavior()
         self._initial_behaviors = copy.deepcopy(self._behaviors)
         self.requests = RequestLog()
+        #: What a provider would bill: (model, prompt tokens, completion tokens) of every request
+        #: it did the work for, whether or not the client stayed to read the answer (hangs and
+        #: broken bodies included; HTTP errors bill nothing).
+        self.billing: list[tuple[str, int, int]] = []
         self._counter = 0
         self._stop_event = threading.Event()
         self._httpd: _HTTPServer | None = None
@@ -772,6 +776,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         record["fault"] = fault
         stream = bool(body.get("stream"))
 
+        choices = None
+        if fault not in (Fault.HTTP_500, Fault.HTTP_429):
+            try:
+                choices = owner._build_choices(body, model, behavior, fault)
+            except Exception as exc:  # a broken custom responder -> 500 with the reason
+                send_error(500, f"responder failed: {exc!r}", "server_error")
+                return
+            usage = owner._usage(body, choices)
+            with owner._lock:
+                owner.billing.append((model, usage["prompt_tokens"], usage["completion_tokens"]))
+
         if fault is Fault.TIMEOUT:
             hang = rule.hang_s if rule and rule.hang_s is not None else owner.default_hang_s
             owner._sleep(hang, self.connection)  # raises _ClientGone on disconnect / stop
@@ -801,11 +816,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_json(200, None, common_headers, raw=b'{"id": "' + rid.encode() + b'", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assist')
             return
 
-        try:
-            choices = owner._build_choices(body, model, behavior, fault)
-        except Exception as exc:  # a broken custom responder -> 500 with the reason
-            send_error(500, f"responder failed: {exc!r}", "server_error")
-            return
+        assert choices is not None
 
         if not stream:
             record["status"] = 200
