@@ -150,22 +150,11 @@ class BestRouteChatModel(BaseChatModel):
         return validate_threshold(value)
 
     def _resolve_model_profile(self) -> Any:
-        """The pool's common ground (langchain-core reads it when ``profile`` is not given): the
-        smallest context and output limits, and a capability only where every member's profile
-        states it (any member may answer a call; unstated counts as absent). No profile when a
-        member has none."""
-        profiles = [getattr(m.chat_model, "profile", None) for m in self.pool]
-        if not profiles or any(not isinstance(p, dict) for p in profiles):
-            return None
-        out: dict[str, Any] = {"name": f"bestroute({', '.join(self.pool.names)})"}
-        for key in ("max_input_tokens", "max_output_tokens"):
-            values = [p[key] for p in profiles if isinstance(p.get(key), int)]
-            if len(values) == len(profiles):
-                out[key] = min(values)
-        flags = {key for p in profiles for key, value in p.items() if isinstance(value, bool) and key != "open_weights"}
-        for key in sorted(flags):
-            out[key] = all(p.get(key) is True for p in profiles)
-        return out
+        """The pool's common ground (``bestroute_lc.pool.common_profile``); langchain-core reads it
+        when ``profile`` is not given."""
+        from bestroute_lc.pool import common_profile
+
+        return common_profile(self.pool)
 
     @model_validator(mode="after")
     def _build_engine(self) -> BestRouteChatModel:

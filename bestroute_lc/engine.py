@@ -216,6 +216,11 @@ class _CallState:
         """What the spend cap counts: billed plus unconfirmed."""
         return self.cost_usd + self.unconfirmed_usd
 
+    def error(self, message: str) -> BestRouteError:
+        """The call's failure, with its attempts and what they cost."""
+        return BestRouteError(message, attempts=[_attempt_record(a) for a in self.attempts], cost_usd=self.cost_usd,
+                              unconfirmed_cost_usd=self.unconfirmed_usd)
+
 
 @dataclass
 class _Pick:
@@ -419,8 +424,7 @@ class BestRouteEngine:
     def _raise_all_failed(self, state: _CallState) -> NoReturn:
         self.spend.add(state.exposure_usd)  # failed calls can still be billed
         detail = "; ".join(f"{a.member} (n={a.n}): {a.error or 'no usable sample'}" for a in state.attempts)
-        raise BestRouteError(f"every pool option failed: {detail}", attempts=[_attempt_record(a) for a in state.attempts],
-                             cost_usd=state.cost_usd, unconfirmed_cost_usd=state.unconfirmed_usd)
+        raise state.error(f"every pool option failed: {detail}")
 
     def _cap_reached(self, state: _CallState) -> bool:
         """Would escalating spend past the cap? (This call's cost so far counts.)"""
@@ -600,6 +604,7 @@ class BestRouteEngine:
         start = time.perf_counter()
         collected: AIMessageChunk | None = None
         usage: UsageMetadata | None = None
+        cut: Exception | None = None
         try:
             async for chunk in stream_member(pool_member, messages, stop, call_kwargs):
                 if chunk.usage_metadata:
@@ -609,25 +614,19 @@ class BestRouteEngine:
         except NoFirstChunk as exc:
             attempt.error = describe_error(exc.__cause__ or exc)
         except Exception as exc:  # noqa: BLE001 - cut after the first chunk: shown tokens cannot be taken back
-            # The provider did the work up to the cut and reported no usage: bill the tokens
-            # shown as unconfirmed, and end the call with its attempts and cost.
+            cut = exc
             attempt.error = f"stream cut after the first chunk: {describe_error(exc)}"
-            attempt.latency_s = time.perf_counter() - start
-            attempt.received = 0
-            attempt.bill(usage, pool_member.prices)
-            if usage is None:
-                shown = len(str(collected.content)) / 4 if collected is not None else 0.0
-                attempt.unconfirmed_cost_usd = unconfirmed_cost(pool_member, messages, 0) + pool_member.prices.output_cost(shown)
-            state.record(attempt)
-            self.spend.add(state.exposure_usd)
-            raise BestRouteError(
-                f"{option.member} failed mid-stream, after tokens were shown: {attempt.error}",
-                attempts=[_attempt_record(a) for a in state.attempts], cost_usd=state.cost_usd,
-                unconfirmed_cost_usd=state.unconfirmed_usd,
-            ) from exc
         attempt.latency_s = time.perf_counter() - start
         attempt.bill(usage, pool_member.prices)
+        if cut is not None and usage is None:
+            # The provider did the work up to the cut and reported no usage: the prompt and the
+            # tokens shown are unconfirmed cost.
+            shown = len(str(collected.content)) / 4 if collected is not None else 0.0
+            attempt.unconfirmed_cost_usd = unconfirmed_cost(pool_member, messages, 0) + pool_member.prices.output_cost(shown)
         state.record(attempt)
+        if cut is not None:
+            self.spend.add(state.exposure_usd)
+            raise state.error(f"{option.member} failed mid-stream, after tokens were shown: {attempt.error}") from cut
         if collected is None:
             state.walk.fail(option.member)
             return

@@ -59,6 +59,18 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def sha256_of(*paths: str | Path) -> str:
+    """SHA-256 (hex) of the files' bytes in order, read in blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def truncate_partial_last_line(path: str | Path, block: int = 1 << 16) -> bool:
     """Cut a JSONL file back to its last complete line, in place (no rewrite: a kill at any
     moment leaves either the file or the file less its torn tail). True if it cut."""

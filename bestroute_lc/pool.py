@@ -94,6 +94,10 @@ class PoolMember(BaseModel):
     def health(self) -> MemberHealth:
         return self._health
 
+    def record_request(self, ok: bool) -> None:
+        """One request's outcome, for the circuit breaker (this member's current settings)."""
+        self._health.record(ok, self.cooldown_after, self.cooldown_s)
+
     @classmethod
     def from_model(
         cls,
@@ -149,6 +153,24 @@ class PoolMember(BaseModel):
     @property
     def accepts_content_types(self) -> frozenset[str]:
         return frozenset({"text"}) | self.extra_content_types
+
+
+def common_profile(pool: Pool) -> dict[str, Any] | None:
+    """The members' common ground as a LangChain model profile: the smallest context and
+    output limits, and a capability only where every member's profile states it (any member
+    may answer a call; unstated counts as absent). None when a member has no profile."""
+    profiles = [getattr(m.chat_model, "profile", None) for m in pool]
+    if not profiles or any(not isinstance(p, dict) for p in profiles):
+        return None
+    out: dict[str, Any] = {"name": f"bestroute({', '.join(pool.names)})"}
+    for key in ("max_input_tokens", "max_output_tokens"):
+        values = [p[key] for p in profiles if isinstance(p.get(key), int)]
+        if len(values) == len(profiles):
+            out[key] = min(values)
+    flags = {key for p in profiles for key, value in p.items() if isinstance(value, bool) and key != "open_weights"}
+    for key in sorted(flags):
+        out[key] = all(p.get(key) is True for p in profiles)
+    return out
 
 
 class Pool(BaseModel):

@@ -103,9 +103,6 @@ class RouterPredictor(EncoderPredictor[RouterConfig]):
             torch.manual_seed(seed)
         return cls(cls.build_module(encoder, config), tokenizer, config, **kwargs)
 
-    def weights_metadata(self) -> dict[str, str]:
-        return self.expected_weights_metadata(self.config)
-
     @classmethod
     def expected_weights_metadata(cls, config: Any) -> dict[str, str]:
         # Row (k, n) of the heads belongs to members[k]: a member list reordered in config.json

@@ -165,6 +165,12 @@ def retry_after_s(exc: BaseException) -> float | None:
         return None
 
 
+def _retry_wait(member: PoolMember, error: BaseException, attempt: int) -> float:
+    """Seconds before try ``attempt``: what Retry-After asks (up to the member's timeout), else a short backoff."""
+    wait = retry_after_s(error)
+    return min(wait, member.timeout_s) if wait is not None else min(0.05 * 2**attempt, 2.0)
+
+
 async def _one_request(
     member: PoolMember, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
 ) -> tuple[list[AIMessage], UsageMetadata | None]:
@@ -177,8 +183,7 @@ async def _one_request(
     for attempt in range(member.max_retries + 1):
         if attempt:
             assert last_error is not None
-            wait = retry_after_s(last_error)
-            await asyncio.sleep(min(wait, member.timeout_s) if wait is not None else min(0.05 * 2**attempt, 2.0))
+            await asyncio.sleep(_retry_wait(member, last_error, attempt))
         try:
             result = await asyncio.wait_for(
                 run_detached(lambda: member.chat_model.agenerate([list(messages)], stop=stop, **kwargs)),
@@ -188,12 +193,12 @@ async def _one_request(
             raise
         except Exception as exc:  # noqa: BLE001 - reported, retried when it can help
             last_error = exc
-            member.health.record(False, member.cooldown_after, member.cooldown_s)
+            member.record_request(False)
             logger.info("bestroute: %s attempt %d failed: %s", member.name, attempt + 1, describe_error(exc))
             if not is_retryable(exc):
                 break
             continue
-        member.health.record(True, member.cooldown_after, member.cooldown_s)
+        member.record_request(True)
         generations = result.generations[0]
         messages_out = [g.message for g in generations if isinstance(g.message, AIMessage)]
         # With native n the provider reports the usage of the whole request on every
@@ -303,8 +308,7 @@ async def stream_member(
             assert last_error is not None
             if not is_retryable(last_error):
                 break
-            wait = retry_after_s(last_error)
-            await asyncio.sleep(min(wait, member.timeout_s) if wait is not None else min(0.05 * 2**try_index, 2.0))
+            await asyncio.sleep(_retry_wait(member, last_error, try_index))
         queue: asyncio.Queue = asyncio.Queue()
         task = asyncio.get_running_loop().create_task(
             _tracing_off(lambda q=queue: _pump(member, messages, stop, kwargs, q)), context=contextvars.Context()
@@ -320,12 +324,12 @@ async def stream_member(
                 if item is _STREAM_DONE:
                     if not received_any:
                         last_error = RuntimeError("empty response")
-                        member.health.record(False, member.cooldown_after, member.cooldown_s)
+                        member.record_request(False)
                         break
-                    member.health.record(True, member.cooldown_after, member.cooldown_s)
+                    member.record_request(True)
                     return
                 if isinstance(item, BaseException):
-                    member.health.record(False, member.cooldown_after, member.cooldown_s)
+                    member.record_request(False)
                     if received_any:
                         raise item
                     last_error = item

@@ -112,31 +112,40 @@ class MemberTotals:
 
 @dataclass
 class BestRouteCostCallbackHandler(BaseCallbackHandler):
-    """Totals of the BEST-Route calls seen: USD, tokens and calls, overall and per member
-    (the member that answered; fallbacks and escalations are in its call's cost)."""
+    """Totals of the BEST-Route calls seen: USD, tokens and calls, per member (the member that
+    answered; fallbacks and escalations are in its call's cost) and overall (their sums)."""
 
-    total_cost_usd: float = 0.0
-    calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
     by_member: dict[str, MemberTotals] = field(default_factory=dict)
     _lock: Lock = field(default_factory=Lock, repr=False)
 
     def __post_init__(self) -> None:
         super().__init__()
 
+    @property
+    def total_cost_usd(self) -> float:
+        return sum(t.cost_usd for t in self.by_member.values())
+
+    @property
+    def calls(self) -> int:
+        return sum(t.calls for t in self.by_member.values())
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(t.input_tokens for t in self.by_member.values())
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(t.output_tokens for t in self.by_member.values())
+
     def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
         for generation, decision in _decisions(response):
             usage = getattr(generation.message, "usage_metadata", None) or {}
-            cost = float(decision.get("actual_cost_usd") or 0.0)
             with self._lock:
                 totals = self.by_member.setdefault(str(decision.get("member")), MemberTotals())
-                for target in (self, totals):
-                    target.calls += 1
-                    target.input_tokens += int(usage.get("input_tokens", 0))
-                    target.output_tokens += int(usage.get("output_tokens", 0))
-                self.total_cost_usd += cost
-                totals.cost_usd += cost
+                totals.calls += 1
+                totals.input_tokens += int(usage.get("input_tokens", 0))
+                totals.output_tokens += int(usage.get("output_tokens", 0))
+                totals.cost_usd += float(decision.get("actual_cost_usd") or 0.0)
 
     def __repr__(self) -> str:
         return (f"BEST-Route calls: {self.calls}, cost: ${self.total_cost_usd:.6f}, tokens: {self.input_tokens} in / "

@@ -198,12 +198,10 @@ class BestRouteLLM(FunctionCallingLLM):
         )
 
     def _smallest_context_window(self) -> int:
-        windows = []
-        for member in self.pool:
-            profile = getattr(member.chat_model, "profile", None) or {}
-            if isinstance(profile, dict) and profile.get("max_input_tokens"):
-                windows.append(int(profile["max_input_tokens"]))
-        return min(windows) if len(windows) == len(self.pool.names) else DEFAULT_CONTEXT_WINDOW
+        from bestroute_lc.pool import common_profile
+
+        profile = common_profile(self.pool) or {}
+        return int(profile.get("max_input_tokens") or DEFAULT_CONTEXT_WINDOW)
 
     # -- chat -----------------------------------------------------------------------------
     def _engine_args(self, kwargs: dict[str, Any]) -> dict[str, Any]:

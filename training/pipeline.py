@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bestroute_lc.conversation import render_conversation
-from bestroute_lc.files import atomic_write_text
+from bestroute_lc.files import atomic_write_text, sha256_of
 from bestroute_lc.secrets import scrub_mapping
 from bestroute_lc.pool import Pool
 from bestroute_lc.reward import RewardPredictor
@@ -199,10 +199,7 @@ def load_data(config: TrainConfig) -> tuple[list[PromptRecord], dict[str, Prompt
 
 
 def _fingerprint(*paths: Path) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    return sha256_of(*paths)[:16]
 
 
 # -- reward model -------------------------------------------------------------------------------

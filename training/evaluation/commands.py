@@ -20,7 +20,6 @@ the samples and prompts files).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,9 @@ from training.evaluation.outcomes import RERANKER_PICKERS, EvalSet
 
 
 def _store_fingerprint(config: TrainConfig) -> str:
-    digest = hashlib.sha256()
-    for path in (config.prompts, config.samples_path):
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    from bestroute_lc.files import sha256_of
+
+    return sha256_of(config.prompts, config.samples_path)
 
 
 def _attach_execution(config: TrainConfig, eval_set: EvalSet, data: dict[str, Any], cache_dir: Path | None) -> None:
