@@ -78,10 +78,14 @@ class PoolMember(BaseModel):
     #: Average output length in tokens (the paper's estimator: the training-split mean).
     avg_output_tokens: float = Field(default=256.0, gt=0)
     n_billing: NBilling = NBilling.PARALLEL
-    #: Seconds before one request to this member is abandoned (then retried).
+    #: Seconds before one request to this member is abandoned (then retried). When the
+    #: member's client retries by itself (``client_retries``), each of its tries gets this long.
     timeout_s: float = Field(default=60.0, gt=0)
     #: Extra attempts after a failed or timed-out request.
     max_retries: int = Field(default=1, ge=0)
+    #: Retries the member's own client makes inside one request (the OpenAI and Mistral SDKs:
+    #: their ``max_retries``, honouring Retry-After); ``from_model`` reads it off the client.
+    client_retries: int = Field(default=0, ge=0)
     #: Content block types this member accepts besides text (e.g. {"image", "image_url"}).
     extra_content_types: frozenset[str] = frozenset()
     #: Circuit breaker: after this many failed requests in a row the member is skipped (its
@@ -93,6 +97,12 @@ class PoolMember(BaseModel):
     @property
     def health(self) -> MemberHealth:
         return self._health
+
+    @property
+    def request_deadline_s(self) -> float:
+        """Seconds one request may take, its client's own retries included (so a second 429
+        the SDK is waiting out is not cut short as "timed out")."""
+        return self.timeout_s * (1 + self.client_retries)
 
     def record_request(self, ok: bool) -> None:
         """One request's outcome, for the circuit breaker (this member's current settings)."""
@@ -139,6 +149,7 @@ class PoolMember(BaseModel):
                     "or max_retries=0 on the client)"
                 )
             kwargs["max_retries"] = 0
+            kwargs["client_retries"] = client_retries
         return cls(name=name, chat_model=chat_model, prices=prices, **kwargs)
 
     @property

@@ -3,19 +3,20 @@
 Used by the engine at run time and by ``training/generate.py``, so training data is
 drawn exactly as production calls are (same clients, same n billing, same retries).
 
-Every request runs *detached*: in a fresh ``contextvars.Context`` with LangSmith tracing
-off, so the caller's callbacks and tracer never see it. Otherwise LangChain's context
-propagation would fire ``on_chat_model_start`` for each sample and count tokens twice;
-usage is reported once, by the caller.
+Every request runs *detached*: on the process-wide background loop (``sync_bridge``: the
+one loop that touches the members' HTTP clients, whichever loop or thread the call came
+from), in a fresh ``contextvars.Context`` with LangSmith tracing off, so the caller's
+callbacks and tracer never see it. Otherwise LangChain's context propagation would fire
+``on_chat_model_start`` for each sample and count tokens twice; usage is reported once, by
+the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from bestroute_lc.conversation import render_candidate
 from bestroute_lc.pool import NBilling, PoolMember
 from bestroute_lc.pricing import Prices, usage_cost_split
 from bestroute_lc.secrets import scrub_secrets
+from bestroute_lc.sync_bridge import start_detached
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +103,9 @@ def describe_error(exc: BaseException) -> str:
 
 
 async def run_detached(coroutine_factory: Any) -> Any:
-    """Await ``coroutine_factory()`` in an empty context with tracing off (see module doc)."""
-    task = asyncio.get_running_loop().create_task(_tracing_off(coroutine_factory), context=contextvars.Context())
-    return await task
+    """Await ``coroutine_factory()`` on the background loop, in an empty context with tracing
+    off (see module doc)."""
+    return await asyncio.wrap_future(start_detached(lambda: _tracing_off(coroutine_factory)))
 
 
 async def _tracing_off(factory: Any) -> Any:
@@ -187,7 +189,7 @@ async def _one_request(
         try:
             result = await asyncio.wait_for(
                 run_detached(lambda: member.chat_model.agenerate([list(messages)], stop=stop, **kwargs)),
-                timeout=member.timeout_s,
+                timeout=member.request_deadline_s,
             )
         except asyncio.CancelledError:
             raise
@@ -276,15 +278,29 @@ async def _pump(
     messages: Sequence[BaseMessage],
     stop: list[str] | None,
     kwargs: dict[str, Any],
-    queue: asyncio.Queue,
+    deliver: Callable[[Any], None],
 ) -> None:
-    """Move a member's stream into ``queue``: chunks, then ``_STREAM_DONE`` or the error."""
+    """Hand a member's stream to ``deliver``: chunks, then ``_STREAM_DONE`` or the error."""
     try:
         async for chunk in member.chat_model.astream(list(messages), stop=stop, **kwargs):
-            await queue.put(chunk)
-        await queue.put(_STREAM_DONE)
+            deliver(chunk)
+        deliver(_STREAM_DONE)
     except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
-        await queue.put(exc)
+        deliver(exc)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+
+
+def _deliver_to(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> Callable[[Any], None]:
+    """Put items into ``queue`` (owned by ``loop``) from the background loop's thread."""
+
+    def deliver(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the consumer's loop has closed: nobody is reading
+            pass
+
+    return deliver
 
 async def stream_member(
     member: PoolMember,
@@ -310,15 +326,16 @@ async def stream_member(
                 break
             await asyncio.sleep(_retry_wait(member, last_error, try_index))
         queue: asyncio.Queue = asyncio.Queue()
-        task = asyncio.get_running_loop().create_task(
-            _tracing_off(lambda q=queue: _pump(member, messages, stop, kwargs, q)), context=contextvars.Context()
-        )
+        deliver = _deliver_to(asyncio.get_running_loop(), queue)
+        pump = start_detached(lambda d=deliver: _tracing_off(lambda: _pump(member, messages, stop, kwargs, d)))
         received_any = False
         held: AIMessageChunk | None = None  # empty chunks before the first real one
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(queue.get(), timeout=member.timeout_s)
+                    # The client's own retries happen before the first chunk.
+                    wait_s = member.timeout_s if received_any else member.request_deadline_s
+                    item = await asyncio.wait_for(queue.get(), timeout=wait_s)
                 except asyncio.TimeoutError as exc:
                     item = exc
                 if item is _STREAM_DONE:
@@ -343,8 +360,7 @@ async def stream_member(
                     received_any = True
                     yield item
         finally:
-            if not task.done():
-                task.cancel()
+            pump.cancel()
     raise NoFirstChunk() from last_error
 
 

@@ -70,6 +70,26 @@ def test_retries_never_multiply() -> None:
         PoolMember.from_model(retrying, name="mini", prices=Prices(input_per_mtok=1, output_per_mtok=1), max_retries=1)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_clients_own_retries_each_get_the_member_timeout(server: LoopbackLLMServer, stream: bool) -> None:
+    """Two 429s with Retry-After 1 s, waited out by the SDK (max_retries=2): 2 s of waiting in
+    one request of a member whose timeout is 1.5 s is not cut short as "timed out"."""
+    retrying = ChatOpenAI(model="mini", base_url=server.base_url, api_key="test", max_retries=2, timeout=10)
+    mini = PoolMember.from_model(retrying, name="mini", prices=Prices(input_per_mtok=0.1, output_per_mtok=0.2), timeout_s=1.5)
+    assert (mini.max_retries, mini.client_retries, mini.request_deadline_s) == (0, 2, 4.5)
+    ref = PoolMember.from_model(client(server, "ref"), name="ref", prices=Prices(input_per_mtok=5, output_per_mtok=15))
+    llm = BestRouteChatModel(pool=Pool(members=[ref, mini], reference="ref"), router=fixed_router({"mini": [0.9]}, "ref"),
+                             reranker=LengthReranker(), threshold=0.5)
+    server.set_fault("mini", Fault.HTTP_429, 2, retry_after_s=1.0)
+    if stream:
+        chunks = list(llm.stream("hi"))
+        decision = next(c.response_metadata["bestroute"] for c in chunks if "bestroute" in c.response_metadata)
+    else:
+        decision = llm.invoke("hi").response_metadata["bestroute"]
+    assert decision["member"] == "mini" and decision["attempts"][0]["error"] is None
+    assert server.request_count("mini") == 3
+
+
 def test_a_failing_member_cools_down(server: LoopbackLLMServer) -> None:
     server.set_fault("mini", Fault.HTTP_500)
     llm = make_llm(server, max_retries=0, cooldown_after=3, cooldown_s=60)
