@@ -43,6 +43,7 @@ from bestroute_lc.policy import (
     with_stages,
 )
 from bestroute_lc.pool import Pool, check_pool_matches
+from bestroute_lc.pricing import approximate_tokens
 from bestroute_lc.rerankers.base import Reranker, argmax_first
 from bestroute_lc.router import RouterPredictor
 from bestroute_lc.sampling import (
@@ -77,16 +78,6 @@ def _attempt_record(a: Attempt) -> dict[str, Any]:
     """One attempt as the decision metadata and ``BestRouteError`` report it."""
     return {"member": a.member, "n": a.n, "received": a.received, "short": a.received < a.n, "error": a.error,
             "cost_usd": a.cost_usd, "unconfirmed_cost_usd": a.unconfirmed_cost_usd}
-
-
-def approximate_tokens(text: str) -> int:
-    """Input-token estimate for the cost model: about four characters per token.
-
-    Only the *relative* cost of options matters to the policy, and every member sees
-    the same prompt, so a provider-independent estimate is enough; billed cost uses
-    the provider's reported usage.
-    """
-    return max(1, (len(text) + 3) // 4)
 
 
 @dataclass
@@ -621,7 +612,7 @@ class BestRouteEngine:
         if cut is not None and usage is None:
             # The provider did the work up to the cut and reported no usage: the prompt and the
             # tokens shown are unconfirmed cost.
-            shown = len(str(collected.content)) / 4 if collected is not None else 0.0
+            shown = approximate_tokens(str(collected.content)) if collected is not None else 0
             attempt.unconfirmed_cost_usd = unconfirmed_cost(pool_member, messages, 0) + pool_member.prices.output_cost(shown)
         state.record(attempt)
         if cut is not None:

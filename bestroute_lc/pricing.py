@@ -15,6 +15,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
+def approximate_tokens(text: str) -> int:
+    """Token estimate where no usage is reported: about four characters per token.
+
+    Used for the cost model's input tokens (only the *relative* cost of options matters to
+    the policy, and every member sees the same prompt, so a provider-independent estimate is
+    enough) and for unconfirmed cost (a request that may have been billed but reported no
+    usage). Billed cost uses the provider's reported usage.
+    """
+    return max(1, (len(text) + 3) // 4)
+
+
 class Prices(BaseModel):
     """USD per 1M tokens for one model."""
 

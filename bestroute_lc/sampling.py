@@ -25,7 +25,7 @@ from langchain_core.messages.ai import UsageMetadata, add_usage
 
 from bestroute_lc.conversation import render_candidate
 from bestroute_lc.pool import NBilling, PoolMember
-from bestroute_lc.pricing import Prices, usage_cost_split
+from bestroute_lc.pricing import Prices, approximate_tokens, usage_cost_split
 from bestroute_lc.secrets import scrub_secrets
 from bestroute_lc.sync_bridge import start_detached
 
@@ -221,7 +221,7 @@ def may_have_been_billed(exc: BaseException) -> bool:
 
 def unconfirmed_cost(member: PoolMember, messages: Sequence[BaseMessage], samples: int) -> float:
     """The prompt (about 4 characters a token) plus ``samples`` expected answers, at the member's prices."""
-    prompt_tokens = sum(len(str(m.content)) for m in messages) / 4
+    prompt_tokens = approximate_tokens("".join(str(m.content) for m in messages))
     return member.prices.input_cost(prompt_tokens) + member.prices.output_cost(samples * member.avg_output_tokens)
 
 

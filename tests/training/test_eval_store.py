@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bestroute_lc.artifacts import PolicyChoice
-from bestroute_lc.engine import approximate_tokens
+from bestroute_lc.pricing import approximate_tokens
 from tests.training.test_pipeline_e2e import write_own_samples, write_run
 from training import cli
 from training.config import load_config

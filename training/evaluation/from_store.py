@@ -7,7 +7,7 @@ prompt tokens over its records, a hand-made ``samples.jsonl`` may give the whole
 every record, and a resumed run may have drawn a member's samples in several requests.
 Summing or averaging the records gets one of these conventions wrong. So the evaluation
 does not read them: one request's prompt tokens are the runtime's own estimate for the
-rendered conversation (characters / 4, ``bestroute_lc.engine.approximate_tokens``), the
+rendered conversation (characters / 4, ``bestroute_lc.pricing.approximate_tokens``), the
 same for every member, billed once (NATIVE) or n times (PARALLEL). Output tokens are per
 sample and unambiguous; they are read from the records.
 """
@@ -31,7 +31,7 @@ def eval_set_from_store(
     """The given prompts with every member's recorded samples; proxy scores from ``reward``
     (None: no proxy picker). Prompts missing some member's samples are left out. ``data``:
     the work directory's joined records when the caller has them (else read here)."""
-    from bestroute_lc.engine import approximate_tokens
+    from bestroute_lc.pricing import approximate_tokens
     from training.pipeline import load_data
 
     if data is None:

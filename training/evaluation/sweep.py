@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bestroute_lc.engine import approximate_tokens
+from bestroute_lc.pricing import approximate_tokens
 from bestroute_lc.policy import choose
 from training.evaluation.outcomes import Choices, EvalSet, OperatingPoint, evaluate
 
@@ -36,7 +36,7 @@ THRESHOLDS = tuple(round(t, 2) for t in np.linspace(0, 1, 101))
 
 def estimate_input_tokens(eval_set: EvalSet) -> np.ndarray:
     """[Q] the input-token estimate the runtime's Algorithm 1 uses: characters / 4 of the
-    rendered conversation (``bestroute_lc.engine.approximate_tokens``)."""
+    rendered conversation (``bestroute_lc.pricing.approximate_tokens``)."""
     return np.asarray([approximate_tokens(p.conversation.text if p.conversation else p.text) for p in eval_set.prompts])
 
 
