@@ -41,13 +41,13 @@ from langchain_core.utils.function_calling import (
 )
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic_core import PydanticKnownError
 
 from bestroute_lc.artifacts import PolicyChoice
 from bestroute_lc.engine import BestRouteEngine, RouteResult
 from bestroute_lc.policy import validate_threshold
 from bestroute_lc.pool import Pool
 from bestroute_lc.rerankers.base import Reranker
-from bestroute_lc.router import RouterPredictor
 from bestroute_lc.sync_bridge import iterate_sync, run_sync
 from bestroute_lc.tracing import trace_cost_around_tracers
 from bestroute_lc.verifiers import Verifier
@@ -108,7 +108,10 @@ class BestRouteChatModel(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
 
     pool: Pool
-    router: RouterPredictor
+    #: The trained router, a ``bestroute_lc.router.RouterPredictor``. Typed ``Any`` because
+    #: that module imports torch and this one must not (issue 13); ``_check_router`` keeps
+    #: the isinstance check and the error pydantic gave when the field was typed with it.
+    router: Any
     #: Picks the best of n samples; the learned reward model by default.
     reranker: Reranker | None = None
     #: Match-probability threshold t of Algorithm 1; override per call with ``.bind(threshold=...)``.
@@ -143,6 +146,16 @@ class BestRouteChatModel(BaseChatModel):
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
 
     _engine: BestRouteEngine = PrivateAttr()
+
+    @field_validator("router")
+    @classmethod
+    def _check_router(cls, value: Any) -> Any:
+        # Imported at call time: any real router has loaded torch already, so this is free.
+        from bestroute_lc.router import RouterPredictor
+
+        if not isinstance(value, RouterPredictor):
+            raise PydanticKnownError("is_instance_of", {"class": "RouterPredictor"})
+        return value
 
     @field_validator("threshold")
     @classmethod

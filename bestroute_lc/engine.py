@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
@@ -45,7 +45,6 @@ from bestroute_lc.policy import (
 from bestroute_lc.pool import Pool, check_pool_matches
 from bestroute_lc.pricing import approximate_tokens
 from bestroute_lc.rerankers.base import Reranker, argmax_first
-from bestroute_lc.router import RouterPredictor
 from bestroute_lc.sampling import (
     Attempt,
     NoFirstChunk,
@@ -56,6 +55,11 @@ from bestroute_lc.sampling import (
     unconfirmed_cost,
 )
 from bestroute_lc.verifiers import Verdict, Verifier
+
+if TYPE_CHECKING:
+    # Annotations only: the router module imports torch, which this module never needs
+    # (the engine is handed a loaded router), so importing the engine stays light.
+    from bestroute_lc.router import RouterPredictor
 
 logger = logging.getLogger(__name__)
 
