@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -224,6 +225,7 @@ class EncoderPredictor(Generic[Config]):
         device: str | torch.device | None = None,
         max_batch_size: int = 32,
         max_wait_s: float = 0.005,
+        backend: str | None = None,
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
@@ -233,6 +235,62 @@ class EncoderPredictor(Generic[Config]):
         self.batcher: MicroBatcher = MicroBatcher(
             self._forward_in_chunks, max_batch_size=max_batch_size, max_wait_s=max_wait_s, name=f"bestroute-{self.kind}"
         )
+        self._onnx: Any = None
+        self.use_backend(backend)
+
+    # -- inference back-end ----------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """Where the encoder runs: ``"onnx"`` (ONNX Runtime, CPU) or ``"torch"``."""
+        return "onnx" if self._onnx is not None else "torch"
+
+    def weights_key(self) -> str | None:
+        """A checksum naming the encoder's weights, when they are known to be those of a file:
+        the shared encoder's, else the artifact's. None for a model built in memory."""
+        if self.config.shared_encoder is not None:
+            return "shared-" + self.config.shared_encoder.sha256
+        return self.config.weights_sha256
+
+    def use_backend(self, backend: str | None = None) -> str:
+        """Choose where the encoder runs and return the choice.
+
+        ``"auto"`` (the default; ``BESTROUTE_BACKEND`` overrides it): ONNX Runtime on CPU for
+        weights loaded from an artifact, when installed, else torch. ``"onnx"``: ONNX Runtime or
+        an error. ``"torch"``: torch. The ONNX twin is exported from the weights as they are
+        now (``bestroute_lc.onnx_backend``): after changing the weights, choose again."""
+        import os
+
+        from bestroute_lc.onnx_backend import load_onnx_encoder, onnx_available
+
+        backend = backend or os.environ.get("BESTROUTE_BACKEND") or "auto"
+        if backend not in ("auto", "onnx", "torch"):
+            raise ValueError(f"backend must be 'auto', 'onnx' or 'torch', got {backend!r}")
+        self._onnx = None
+        if backend == "torch":
+            return self.backend
+        key = self.weights_key()
+        reasons = [why for why, failed in (
+            (f"the model is on {self.device.type}, ONNX Runtime runs here on CPU only", self.device.type != "cpu"),
+            ("the weights are not those of a saved artifact (save_pretrained, then from_pretrained)", key is None),
+            ("onnxruntime, onnx and onnxscript are not all installed", not onnx_available()),
+        ) if failed]
+        if not reasons:
+            self._onnx = load_onnx_encoder(self.module.encoder, self.tokenizer, key)  # type: ignore[arg-type]
+            if self._onnx is None:
+                reasons.append("the export or its check failed (see the warning above)")
+        if backend == "onnx" and self._onnx is None:
+            raise RuntimeError(f"{self.kind}: cannot use the ONNX Runtime back-end: {'; '.join(reasons)}")
+        return self.backend
+
+    def run_module(self, encoded: Any) -> torch.Tensor:
+        """The module's output for one tokenised batch, on the chosen back-end."""
+        if self._onnx is None or self.module.training:
+            return self.module(**self.to_device(encoded))
+        from bestroute_lc.onnx_backend import pool_numpy
+
+        hidden = self._onnx(encoded)
+        pooled = pool_numpy(hidden, np.asarray(encoded["attention_mask"]), self.config.pooling)
+        return self.module.head_forward(torch.from_numpy(np.ascontiguousarray(pooled)))  # type: ignore[operator]
 
     # -- subclass hooks -------------------------------------------------------------
     @classmethod

@@ -31,7 +31,11 @@ class RewardModel(nn.Module):
 
     def forward(self, **batch: torch.Tensor) -> torch.Tensor:
         """One scalar reward per (prompt, response) pair: shape [batch]."""
-        return self.head(self.dropout(encoder_forward(self.encoder, batch, self.pooling))).squeeze(-1)
+        return self.head_forward(self.dropout(encoder_forward(self.encoder, batch, self.pooling)))
+
+    def head_forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled encoder output [batch, hidden] -> rewards [batch]."""
+        return self.head(pooled).squeeze(-1)
 
 
 def pairwise_ranking_loss(better: torch.Tensor, worse: torch.Tensor) -> torch.Tensor:
@@ -84,7 +88,7 @@ class RewardPredictor(EncoderPredictor[RewardConfig], Reranker):
         prompts = [p for p, _ in items]
         responses = [r for _, r in items]
         encoded = encode_pairs(self.tokenizer, prompts, responses, self.config.max_length)
-        return [float(x) for x in self.module(**self.to_device(encoded)).float().cpu()]
+        return [float(x) for x in self.run_module(encoded).float().cpu()]
 
     def score(self, prompt: str, candidates: Sequence[str]) -> list[float]:
         return self.batcher([(prompt, c) for c in candidates])

@@ -41,7 +41,10 @@ class MultiHeadRouter(nn.Module):
 
     def forward(self, **batch: torch.Tensor) -> torch.Tensor:
         """Logits of shape [batch, K, N]; ``torch.sigmoid`` gives the match probabilities."""
-        pooled = self.dropout(encoder_forward(self.encoder, batch, self.pooling))
+        return self.head_forward(self.dropout(encoder_forward(self.encoder, batch, self.pooling)))
+
+    def head_forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled encoder output [batch, hidden] -> logits [batch, K, N]."""
         return self.heads(pooled).view(-1, self.num_members, self.max_n)
 
 
@@ -114,7 +117,7 @@ class RouterPredictor(EncoderPredictor[RouterConfig]):
         return encode_conversations(self.tokenizer, conversations, self.config.max_length)
 
     def forward_items(self, items: list[RenderedConversation]) -> list[np.ndarray]:
-        logits = self.module(**self.to_device(self.encode(items))).float().cpu().numpy()
+        logits = self.run_module(self.encode(items)).float().cpu().numpy()
         return list(calibrated_probabilities(logits, self.config.head_calibration))
 
     def predict_batch(self, conversations: Sequence[RenderedConversation]) -> np.ndarray:

@@ -11,6 +11,14 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Predictors run their encoders in torch unless a test asks for ONNX Runtime (backend="onnx"
+# or "auto"): an export per tiny random model would cost seconds each. The ONNX tests export
+# into this run's own cache, never the user's.
+os.environ.setdefault("BESTROUTE_BACKEND", "torch")
+if "BESTROUTE_ONNX_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["BESTROUTE_ONNX_CACHE"] = tempfile.mkdtemp(prefix="bestroute-onnx-")
 
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # `tests.helpers` / `tests.loopback` importable however pytest runs

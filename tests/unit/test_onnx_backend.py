@@ -1,0 +1,146 @@
+"""The ONNX Runtime back-end: the same outputs as torch (within 1e-5), the same routes and picks
+on the shared tables' prompts, one shared session for a shared encoder, and a clear way out
+when it cannot be used (a corrupt cache entry, an in-memory model, a bad thread setting)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from langchain_core.messages import HumanMessage
+
+from bestroute_lc import RewardPredictor, RouterPredictor
+from bestroute_lc.conversation import render_conversation
+from bestroute_lc.onnx_backend import inference_threads, onnx_cache_dir
+from tests.helpers import tiny_reward_model, tiny_router
+
+SHIPPED = Path(__file__).resolve().parents[2] / "bestroute_lc" / "local" / "artifacts"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+MIXED = [
+    "hi",
+    "What is 17 * 23? Show your working.",
+    "Write a Python function that returns the n-th Fibonacci number, iteratively, with a docstring. " * 6,
+    "Summarise the causes of the French revolution in three bullet points, then give one caveat.",
+]
+
+
+def conversations(texts):
+    return [render_conversation([HumanMessage(t)]) for t in texts]
+
+
+@pytest.fixture(scope="module")
+def tiny_artifacts(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny")
+    tiny_router(["small", "mid"], "big", max_n=3).save_pretrained(directory / "router")
+    tiny_reward_model().save_pretrained(directory / "reward")
+    return directory
+
+
+def test_tiny_router_and_reward_model_match_torch(tiny_artifacts):
+    router_onnx = RouterPredictor.from_pretrained(tiny_artifacts / "router", backend="onnx")
+    router_torch = RouterPredictor.from_pretrained(tiny_artifacts / "router", backend="torch")
+    assert (router_onnx.backend, router_torch.backend) == ("onnx", "torch")
+    batch = conversations(MIXED)
+    assert np.abs(router_onnx.predict_batch(batch) - router_torch.predict_batch(batch)).max() < 1e-5
+    one_onnx, one_torch = router_onnx.predict(batch[1]), router_torch.predict(batch[1])
+    assert np.abs(np.array(list(one_onnx.values())) - np.array(list(one_torch.values()))).max() < 1e-5
+
+    reward_onnx = RewardPredictor.from_pretrained(tiny_artifacts / "reward", backend="onnx")
+    reward_torch = RewardPredictor.from_pretrained(tiny_artifacts / "reward", backend="torch")
+    prompt = MIXED[2]
+    candidates = ["def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a", "no", "x" * 900]
+    assert reward_onnx.score(prompt, candidates) == pytest.approx(reward_torch.score(prompt, candidates), abs=1e-5)
+
+
+def _shared_table_rows(table: str, limit: int):
+    path = SHARED_DATA / table / f"{table}.dev.jsonl.gz"
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    with gzip.open(path, "rt") as handle:
+        rows = [json.loads(line) for _, line in zip(range(limit), handle)]
+    return rows
+
+
+def _candidates(row, limit: int = 4):
+    texts = [s["text"] for samples in row["responses"].values() for s in samples if isinstance(s, dict) and s.get("text")]
+    return texts[:limit]
+
+
+def test_shipped_artifacts_route_and_pick_the_same_on_the_shared_tables():
+    """fp32 ONNX Runtime vs torch on real prompts and real answers: every option set
+    {(k, n): p >= t} at several thresholds, and every reward-model pick, identical (a p
+    within 1e-5 of t may tie either way)."""
+    rows = _shared_table_rows("humaneval_routing", 107) + _shared_table_rows("gsm8k_routing", 60)
+    prompts = [row.get("prompt") or row.get("question") for row in rows]
+    router_onnx = RouterPredictor.from_pretrained(SHIPPED / "router", backend="onnx")
+    router_torch = RouterPredictor.from_pretrained(SHIPPED / "router", backend="torch")
+    batch = conversations(prompts)
+    p_onnx, p_torch = router_onnx.predict_batch(batch), router_torch.predict_batch(batch)
+    assert np.abs(p_onnx - p_torch).max() < 1e-5
+    for threshold in (0.2, 0.35, 0.5, 0.65, *router_torch.config.thresholds.values()):
+        near_tie = np.abs(p_torch - threshold) < 1e-5
+        assert ((p_onnx >= threshold) == (p_torch >= threshold))[~near_tie].all()
+
+    reward_onnx = RewardPredictor.from_pretrained(SHIPPED / "reward", backend="onnx")
+    reward_torch = RewardPredictor.from_pretrained(SHIPPED / "reward", backend="torch")
+    picks_differ = 0
+    for row, prompt in list(zip(rows, prompts))[::12]:  # 19 prompts, both tables
+        candidates = _candidates(row)
+        if len(candidates) < 2:
+            continue
+        a, b = reward_onnx.score(prompt, candidates), reward_torch.score(prompt, candidates)
+        assert a == pytest.approx(b, abs=1e-4)
+        picks_differ += int(np.argmax(a) != np.argmax(b) and abs(sorted(b)[-1] - sorted(b)[-2]) > 1e-5)
+    assert picks_differ == 0
+
+
+def test_a_shared_encoder_is_one_session():
+    router = RouterPredictor.from_pretrained(SHIPPED / "router", backend="onnx")
+    reward = RewardPredictor.from_pretrained(SHIPPED / "reward", backend="onnx")
+    assert router._onnx.session is reward._onnx.session
+
+
+def test_a_corrupt_cache_entry_falls_back_to_torch_with_a_warning(tiny_artifacts, monkeypatch, tmp_path):
+    monkeypatch.setenv("BESTROUTE_ONNX_CACHE", str(tmp_path))
+    RouterPredictor.from_pretrained(tiny_artifacts / "router", backend="onnx")  # exports into tmp_path
+    (exported,) = tmp_path.glob("*.onnx")
+    exported.write_bytes(b"not an onnx graph")
+    from bestroute_lc import onnx_backend
+
+    monkeypatch.setattr(onnx_backend, "_sessions", {})
+    with pytest.warns(UserWarning, match="ONNX Runtime back-end unavailable"):
+        router = RouterPredictor.from_pretrained(tiny_artifacts / "router", backend="auto")
+    assert router.backend == "torch"
+    with warnings.catch_warnings(), pytest.raises(RuntimeError, match="cannot use the ONNX Runtime back-end"):
+        warnings.simplefilter("ignore")
+        RouterPredictor.from_pretrained(tiny_artifacts / "router", backend="onnx")
+
+
+def test_an_in_memory_model_stays_on_torch_and_says_why():
+    router = tiny_router(["small"], "big", max_n=2, backend="auto")
+    assert router.backend == "torch"
+    with pytest.raises(RuntimeError, match="not those of a saved artifact"):
+        router.use_backend("onnx")
+    with pytest.raises(ValueError, match="backend must be"):
+        router.use_backend("tensorrt")
+
+
+def test_threads(monkeypatch):
+    monkeypatch.setenv("BESTROUTE_NUM_THREADS", "3")
+    assert inference_threads() == 3
+    for bad in ("0", "two"):
+        monkeypatch.setenv("BESTROUTE_NUM_THREADS", bad)
+        with pytest.raises(ValueError, match="BESTROUTE_NUM_THREADS"):
+            inference_threads()
+    monkeypatch.delenv("BESTROUTE_NUM_THREADS")
+    assert 1 <= inference_threads() <= 4
+
+
+def test_the_cache_directory_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("BESTROUTE_ONNX_CACHE", str(tmp_path / "x"))
+    assert onnx_cache_dir() == tmp_path / "x"
