@@ -106,11 +106,18 @@ def encode_pairs(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str
     if len(prompts) != len(responses):
         raise ValueError("prompts and responses must have the same length")
     budget = _budget(tokenizer, max_length, pair=True)
-    prompt_ids = _token_ids(tokenizer, prompts)
-    response_ids = _token_ids(tokenizer, responses)
+    # One tokenizer call for every distinct text (the n candidates of a call share their
+    # prompt); pairs that fit as they are, the usual case, need no other until the final one.
+    distinct = list(dict.fromkeys([*prompts, *responses]))
+    lengths = dict(zip(distinct, map(len, _token_ids(tokenizer, distinct))))
     fitted_prompts, fitted_responses = [], []
-    for prompt, p_ids, response, r_ids in zip(prompts, prompt_ids, responses, response_ids):
-        response_budget = min(len(r_ids), max(budget - len(p_ids), (3 * budget) // 4))
+    for prompt, response in zip(prompts, responses):
+        p_len, r_len = lengths[prompt], lengths[response]
+        if p_len + r_len <= budget:
+            fitted_prompts.append(prompt)
+            fitted_responses.append(response)
+            continue
+        response_budget = min(r_len, max(budget - p_len, (3 * budget) // 4))
         fitted_response = head_text(tokenizer, response, response_budget)
         fitted_responses.append(fitted_response)
         fitted_prompts.append(tail_text(tokenizer, prompt, budget - _count(tokenizer, fitted_response)))
