@@ -10,6 +10,8 @@ in one matrix product.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,22 @@ class RouterPredictor(EncoderPredictor[RouterConfig]):
 
     kind = "router"
     config_class = RouterConfig
+
+    def __init__(self, *args: Any, cache_size: int = 1024, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Recent conversations' probabilities: an agent loop or a retried request routes the
+        #: same conversation again, and a hit costs no forward pass. ``cache_size=0`` turns it off.
+        self.cache = ProbabilityCache(cache_size)
+
+    def fingerprint(self) -> str | None:
+        """What the probabilities depend on besides the conversation: the weights and the
+        heads' calibration (which ``bestroute-train calibrate`` may set after loading). None
+        for weights built in memory, which training may still change: those are not cached."""
+        weights = self.weights_key()
+        if weights is None:
+            return None
+        calibration = self.config.head_calibration
+        return f"{weights}|{calibration.model_dump_json() if calibration is not None else ''}"
 
     @classmethod
     def build_module(cls, encoder: nn.Module, config: RouterConfig) -> nn.Module:
@@ -129,7 +147,62 @@ class RouterPredictor(EncoderPredictor[RouterConfig]):
         return {m: [float(p) for p in row] for m, row in zip(self.config.members, probabilities)}
 
     def predict(self, conversation: RenderedConversation) -> dict[str, list[float]]:
-        return self.as_table(self.batcher([conversation])[0])
+        key = self._cache_key(conversation)
+        probabilities = self.cache.get(key)
+        if probabilities is None:
+            probabilities = self.cache.put(key, self.batcher([conversation])[0])
+        return self.as_table(probabilities)
 
     async def apredict(self, conversation: RenderedConversation) -> dict[str, list[float]]:
-        return self.as_table((await self.batcher.acall([conversation]))[0])
+        key = self._cache_key(conversation)
+        probabilities = self.cache.get(key)
+        if probabilities is None:
+            probabilities = self.cache.put(key, (await self.batcher.acall([conversation]))[0])
+        return self.as_table(probabilities)
+
+    def _cache_key(self, conversation: RenderedConversation) -> Any:
+        fingerprint = self.fingerprint()
+        return None if fingerprint is None else (conversation, fingerprint)
+
+
+class ProbabilityCache:
+    """A thread-safe LRU map (conversation, fingerprint) -> [K, N] probabilities."""
+
+    def __init__(self, size: int) -> None:
+        if size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {size}")
+        self.size = size
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[Any, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> np.ndarray | None:
+        """The cached value, or None (always None for the key None: not cacheable)."""
+        if key is None or not self.size:
+            return None
+        with self._lock:
+            value = self._entries.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: Any, value: np.ndarray) -> np.ndarray:
+        if key is not None and self.size:
+            value.setflags(write=False)  # shared by every hit
+            with self._lock:
+                self._entries[key] = value
+                self._entries.move_to_end(key)
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()

@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "mistralai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     start = time.perf_counter()
+    if args.stage != "generate":
+        from training.threads import configure_torch_threads
+
+        configure_torch_threads()
     if args.stage == "evaluate" and args.config is None:
         try:
             code = _evaluate_tables(args)

@@ -144,3 +144,29 @@ def test_threads(monkeypatch):
 def test_the_cache_directory_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("BESTROUTE_ONNX_CACHE", str(tmp_path / "x"))
     assert onnx_cache_dir() == tmp_path / "x"
+
+
+def test_routing_decisions_are_cached_per_conversation_and_artifact(tiny_artifacts):
+    router = RouterPredictor.from_pretrained(tiny_artifacts / "router", backend="torch", cache_size=2)
+    first, second, third = conversations(MIXED[:3])
+    table = router.predict(first)
+    assert router.predict(first) == table and (router.cache.hits, router.cache.misses) == (1, 1)
+    assert router.batcher.stats.forward_passes == 1  # the hit ran no forward pass
+    router.predict(second)
+    router.predict(third)  # evicts `first` (least recently used)
+    assert len(router.cache) == 2
+    router.predict(first)
+    assert router.batcher.stats.forward_passes == 4
+    # A new calibration is another fingerprint: no stale probabilities.
+    from bestroute_lc.artifacts import HeadCalibration
+
+    shape = (len(router.config.members), router.config.max_n)
+    router.config.head_calibration = HeadCalibration(
+        scale=np.full(shape, 2.0).tolist(), shift=np.zeros(shape).tolist(), prior=np.full(shape, 0.5).tolist(), weight=1.0
+    )
+    assert router.predict(first) != table
+    # Weights built in memory (training may still change them) are never cached.
+    in_memory = tiny_router(["small"], "big", max_n=2)
+    in_memory.predict(first)
+    in_memory.predict(first)
+    assert (in_memory.cache.hits, len(in_memory.cache)) == (0, 0)

@@ -952,9 +952,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = "python -m training.evaluation.experiment " + " ".join(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    import torch
+    from training.threads import configure_torch_threads
 
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    configure_torch_threads()
     print(run_from_args(args, args.table))
     return 0
 
