@@ -232,8 +232,11 @@ class EncoderPredictor(Generic[Config]):
         self.device = select_device(device)
         self.module = module.to(self.device).eval()
         self.max_batch_size = max_batch_size
+        # Length buckets: on CPU, padding a short item to a long one's length costs more than a
+        # shared forward pass saves (benchmarks/batching.py).
         self.batcher: MicroBatcher = MicroBatcher(
-            self._forward_in_chunks, max_batch_size=max_batch_size, max_wait_s=max_wait_s, name=f"bestroute-{self.kind}"
+            self._forward_in_chunks, max_batch_size=max_batch_size, max_wait_s=max_wait_s, name=f"bestroute-{self.kind}",
+            length_fn=self.item_length,
         )
         self._onnx: Any = None
         self.use_backend(backend)
@@ -299,6 +302,16 @@ class EncoderPredictor(Generic[Config]):
 
     def forward_items(self, items: list[Any]) -> list[Any]:
         raise NotImplementedError
+
+    def item_text_length(self, item: Any) -> int:
+        """Characters of text in one item (subclasses), for ``item_length``."""
+        raise NotImplementedError
+
+    def item_length(self, item: Any) -> int:
+        """An item's length in tokens for the batcher's buckets, estimated without tokenising
+        (about four characters a token; items are tokenised once, in the forward pass) and
+        capped where truncation will cut every longer item to the same length."""
+        return min(self.item_text_length(item) // 4 + 1, self.config.max_length)
 
     # -- batching -----------------------------------------------------------------
     def _forward_in_chunks(self, items: list[Any]) -> list[Any]:

@@ -255,3 +255,155 @@ async def test_cancelled_caller_does_not_break_the_others(make_batcher):
     cancelled.cancel()
     assert await asyncio.wait_for(survivor, timeout=2) == [20]
     assert await asyncio.wait_for(batcher.acall([3]), timeout=3) == [30]
+
+
+# -- bucketed scheduler (length_fn) ------------------------------------------------------
+
+
+def test_bucket_width_validation():
+    with pytest.raises(ValueError, match="bucket_width"):
+        MicroBatcher(lambda xs: xs, length_fn=len, bucket_width=0)
+
+
+def test_bucket_of_is_fixed_width():
+    batcher = MicroBatcher(lambda xs: xs, length_fn=len, bucket_width=16)
+    assert [batcher.bucket_of(n) for n in (0, 1, 16, 17, 32, 33, 400)] == [0, 0, 0, 1, 1, 2, 24]
+
+
+def test_items_of_very_different_lengths_never_share_a_pass(make_batcher):
+    rec = Recorder(fn=lambda s: s.upper(), delay_s=0.01)
+    batcher = make_batcher(rec, max_batch_size=8, max_wait_s=0.05, length_fn=len, bucket_width=16)
+    lengths = [3, 200, 15, 17, 90, 4, 31, 33, 199, 1, 64, 65, 16, 180, 2, 250] * 3
+    texts = [chr(ord("a") + i % 26) * n for i, n in enumerate(lengths)]
+    futures = [batcher.submit([t]) for t in texts]  # they pile up behind the first (slow) pass
+    assert [f.result(timeout=5) for f in futures] == [[t.upper()] for t in texts]
+    assert sorted(x for b in rec.batches for x in b) == sorted(texts)  # each item in exactly one pass
+    for batch in rec.batches:
+        assert len(batch) <= 8
+        assert len({batcher.bucket_of(len(x)) for x in batch}) == 1, batch
+        assert max(map(len, batch)) - min(map(len, batch)) < 16, batch
+    assert batcher.stats.items == len(texts) and batcher.stats.requests == len(texts)
+    assert batcher.stats.forward_passes == len(rec.batches) < len(texts)  # equal buckets shared passes
+
+
+def test_multi_item_request_split_across_buckets_gets_results_in_order(make_batcher):
+    rec = Recorder(fn=lambda s: len(s))
+    batcher = make_batcher(rec, max_wait_s=0.05, length_fn=len, bucket_width=16)
+    request = ["a" * 3, "b" * 100, "c" * 5, "d" * 101, "e" * 40]
+    assert batcher(request) == [3, 100, 5, 101, 40]
+    # one pass per bucket, each in submission order; the oldest item's bucket first
+    assert rec.batches == [["a" * 3, "c" * 5], ["b" * 100, "d" * 101], ["e" * 40]]
+    assert (batcher.stats.forward_passes, batcher.stats.items, batcher.stats.requests) == (3, 5, 1)
+
+
+def test_requests_sharing_buckets_get_their_own_results(make_batcher):
+    rec = Recorder(fn=lambda s: f"<{s}>", delay_s=0.01)
+    batcher = make_batcher(rec, max_batch_size=4, max_wait_s=0.05, length_fn=len, bucket_width=8)
+    requests = [[f"{i}" * (1 + (i * 7 + j * 13) % 40) for j in range(1 + i % 4)] for i in range(1, 25)]
+    futures = [batcher.submit(r) for r in requests]
+    for request, future in zip(requests, futures):
+        assert future.result(timeout=5) == [f"<{x}>" for x in request]
+    assert all(len(b) <= 4 for b in rec.batches)
+    assert batcher.stats.requests == len(requests)
+    assert batcher.stats.items == sum(map(len, requests))
+
+
+def test_a_bucket_larger_than_max_batch_size_is_split_in_order(make_batcher):
+    rec = Recorder()
+    batcher = make_batcher(rec, max_batch_size=4, length_fn=lambda x: 5)
+    assert batcher(list(range(10))) == [x * 10 for x in range(10)]
+    assert rec.batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_lone_request_starts_at_once(make_batcher):
+    batcher = make_batcher(Recorder(), max_wait_s=1.0, length_fn=lambda x: 1)
+    start = time.monotonic()
+    assert batcher([1]) == [10]
+    assert time.monotonic() - start < 0.5
+    # a caller calling in a loop never sits out the window either
+    start = time.monotonic()
+    assert [batcher([i]) for i in range(10)] == [[i * 10] for i in range(10)]
+    assert time.monotonic() - start < 0.9
+
+
+def test_window_closes_when_the_answered_callers_are_back(make_batcher):
+    """Callers in a closed loop share passes, and the window closes long before its 1 s."""
+    rec = Recorder(delay_s=0.01)
+    batcher = make_batcher(rec, max_batch_size=64, max_wait_s=1.0, length_fn=lambda x: 1)
+    barrier = threading.Barrier(8)
+
+    def caller(i):
+        barrier.wait(timeout=5)
+        return [batcher([i * 100 + k]) for k in range(5)]
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(caller, range(8)))
+    assert time.monotonic() - start < 3.0
+    assert outcomes == [[[(i * 100 + k) * 10] for k in range(5)] for i in range(8)]
+    assert batcher.stats.forward_passes < 40 and batcher.stats.largest_batch > 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_bucketed_cancelled_request_gets_no_pass(make_batcher):
+    rec = Recorder(delay_s=0.2)
+    batcher = make_batcher(rec, length_fn=len)
+    first = batcher.submit(["x"])  # occupies the worker
+    time.sleep(0.05)
+    doomed = batcher.submit(["doomed", "d" * 50])
+    survivor = batcher.submit(["keep"])
+    assert doomed.cancel()
+    assert survivor.result(timeout=5) == ["keepkeepkeepkeepkeepkeepkeepkeepkeepkeep"]
+    assert first.result(timeout=5) == ["x" * 10]
+    assert not any("doomed" in b or "d" * 50 in b for b in rec.batches)
+    assert batcher(["after"]) == ["after" * 10]
+
+
+def test_bucketed_error_goes_to_the_requests_of_the_failing_pass(make_batcher):
+    def failing(items):
+        if any(len(x) > 50 for x in items):
+            raise KeyError("long item")
+        time.sleep(0.05)
+        return [x.upper() for x in items]
+
+    batcher = make_batcher(failing, max_wait_s=0.05, length_fn=len)
+    short = batcher.submit(["ab"])  # runs alone, keeps the worker busy while the rest queue up
+    time.sleep(0.01)
+    mixed = batcher.submit(["cd", "x" * 60])  # one short item, one that fails
+    long_only = batcher.submit(["y" * 61])
+    short_too = batcher.submit(["ef"])
+    assert short.result(timeout=5) == ["AB"]
+    for future in (mixed, long_only):
+        with pytest.raises(KeyError, match="long item"):
+            future.result(timeout=5)
+    assert short_too.result(timeout=5) == ["EF"]
+    assert batcher(["gh", "ij"]) == ["GH", "IJ"]  # the worker survives
+
+
+def test_length_fn_errors_raise_in_the_caller(make_batcher):
+    rec = Recorder()
+    batcher = make_batcher(rec, length_fn=len)
+    with pytest.raises(TypeError):
+        batcher.submit([1])
+    assert rec.batches == [] and batcher(["ok"]) == ["ok" * 10]
+
+
+async def test_bucketed_async_callers(make_batcher):
+    rec = Recorder(fn=lambda s: len(s), delay_s=0.01)
+    batcher = make_batcher(rec, max_wait_s=0.02, length_fn=len)
+    texts = ["z" * (1 + (i * 37) % 300) for i in range(40)]
+    results = await asyncio.gather(*(batcher.acall([t]) for t in texts))
+    assert results == [[len(t)] for t in texts]
+    assert rec.threads and threading.get_ident() not in rec.threads and len(rec.threads) == 1
+
+
+def test_bucketed_close_serves_what_was_queued_and_restarts(make_batcher):
+    rec = Recorder(delay_s=0.02)
+    batcher = make_batcher(rec, length_fn=len)
+    futures = [batcher.submit(["a" * n]) for n in (1, 30, 60, 90)]
+    batcher.close()
+    assert [f.result(timeout=5) for f in futures] == [["a" * n * 10] for n in (1, 30, 60, 90)]
+    first = batcher._thread
+    assert first is not None and not first.is_alive()
+    assert batcher(["b"]) == ["b" * 10]
+    assert batcher._thread is not first
