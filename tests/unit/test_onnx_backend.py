@@ -71,32 +71,66 @@ def _candidates(row, limit: int = 4):
     return texts[:limit]
 
 
-def test_shipped_artifacts_route_and_pick_the_same_on_the_shared_tables():
-    """fp32 ONNX Runtime vs torch on real prompts and real answers: every option set
-    {(k, n): p >= t} at several thresholds, and every reward-model pick, identical (a p
-    within 1e-5 of t may tie either way)."""
+@pytest.fixture(scope="module")
+def shared_table_prompts():
     rows = _shared_table_rows("humaneval_routing", 107) + _shared_table_rows("gsm8k_routing", 60)
-    prompts = [row.get("prompt") or row.get("question") for row in rows]
-    router_onnx = RouterPredictor.from_pretrained(SHIPPED / "router", backend="onnx")
-    router_torch = RouterPredictor.from_pretrained(SHIPPED / "router", backend="torch")
-    batch = conversations(prompts)
-    p_onnx, p_torch = router_onnx.predict_batch(batch), router_torch.predict_batch(batch)
-    assert np.abs(p_onnx - p_torch).max() < 1e-5
-    for threshold in (0.2, 0.35, 0.5, 0.65, *router_torch.config.thresholds.values()):
-        near_tie = np.abs(p_torch - threshold) < 1e-5
-        assert ((p_onnx >= threshold) == (p_torch >= threshold))[~near_tie].all()
+    return rows, [row.get("prompt") or row.get("question") for row in rows]
 
-    reward_onnx = RewardPredictor.from_pretrained(SHIPPED / "reward", backend="onnx")
-    reward_torch = RewardPredictor.from_pretrained(SHIPPED / "reward", backend="torch")
-    picks_differ = 0
-    for row, prompt in list(zip(rows, prompts))[::12]:  # 19 prompts, both tables
-        candidates = _candidates(row)
-        if len(candidates) < 2:
-            continue
-        a, b = reward_onnx.score(prompt, candidates), reward_torch.score(prompt, candidates)
-        assert a == pytest.approx(b, abs=1e-4)
-        picks_differ += int(np.argmax(a) != np.argmax(b) and abs(sorted(b)[-1] - sorted(b)[-2]) > 1e-5)
-    assert picks_differ == 0
+
+@pytest.fixture(scope="module")
+def torch_outputs(shared_table_prompts):
+    """The shipped artifacts on torch: router probabilities and reward scores of the candidates."""
+    rows, prompts = shared_table_prompts
+    router = RouterPredictor.from_pretrained(SHIPPED / "router", backend="torch")
+    reward = RewardPredictor.from_pretrained(SHIPPED / "reward", backend="torch")
+    scored = [(prompt, _candidates(row)) for row, prompt in list(zip(rows, prompts))[::12]]  # 14 prompts, both tables
+    scored = [(prompt, c) for prompt, c in scored if len(c) >= 2]
+    return router.predict_batch(conversations(prompts)), [reward.score(p, c) for p, c in scored], scored
+
+
+def routes(router: RouterPredictor, probabilities: np.ndarray, prompts: list[str]) -> list[tuple[str, int]]:
+    """Algorithm 1's (member, n) for every prompt at every calibrated threshold (the local
+    pool's prices and lengths; SmolLM2 draws its n samples in n requests)."""
+    from bestroute_lc.policy import MemberCosts, choose
+    from bestroute_lc.pricing import approximate_tokens
+
+    config = router.config
+    costs = {m: MemberCosts(config.prices[m].input_per_mtok, config.prices[m].output_per_mtok, config.avg_output_tokens[m], True)
+             for m in [*config.members, config.reference]}
+    chosen = []
+    for table, prompt in zip(probabilities, prompts):
+        for threshold in config.thresholds.values():
+            decision = choose(router.as_table(table), costs, config.reference, approximate_tokens(prompt), threshold)
+            chosen.append((decision.member, decision.n))
+    return chosen
+
+
+# int8 misses the 99 % bar on the shipped router (route agreement measured: 89.8 %; its
+# calibrated probabilities sit close to the thresholds), which is why it is opt-in and "auto"
+# never picks it; this floor only guards against a broken quantisation.
+@pytest.mark.parametrize(("backend", "least_agreement"), [("onnx", 1.0), ("onnx-int8", 0.85)])
+def test_shipped_artifacts_route_and_pick_as_torch_does_on_the_shared_tables(
+    backend, least_agreement, shared_table_prompts, torch_outputs
+):
+    """ONNX Runtime vs torch on real prompts and real answers: the same route (Algorithm 1's
+    choice at each calibrated threshold) and the same pick (the reward model's best candidate).
+    fp32: everywhere, and probabilities within 1e-5."""
+    _, prompts = shared_table_prompts
+    p_torch, scores_torch, scored = torch_outputs
+    router = RouterPredictor.from_pretrained(SHIPPED / "router", backend=backend)
+    reward = RewardPredictor.from_pretrained(SHIPPED / "reward", backend=backend)
+    assert (router.backend, reward.backend) == (backend, backend)
+    p_onnx = router.predict_batch(conversations(prompts))
+    same_route = np.equal(routes(router, p_onnx, prompts), routes(router, p_torch, prompts)).all(axis=1)
+    same_pick = [
+        np.argmax(reward.score(prompt, candidates)) == np.argmax(expected) or abs(sorted(expected)[-1] - sorted(expected)[-2]) < 1e-5
+        for (prompt, candidates), expected in zip(scored, scores_torch)
+    ]
+    assert same_route.mean() >= least_agreement, f"same route on {same_route.mean():.1%} of {len(same_route)} (prompt, threshold)"
+    assert np.mean(same_pick) >= least_agreement, f"same pick on {np.mean(same_pick):.1%} of {len(same_pick)} prompts"
+    print(f"{backend}: same route {same_route.mean():.1%}, same pick {np.mean(same_pick):.1%}")
+    if backend == "onnx":
+        assert np.abs(p_onnx - p_torch).max() < 1e-5
 
 
 def test_a_shared_encoder_is_one_session():
