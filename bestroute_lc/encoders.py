@@ -4,6 +4,7 @@ device placement, pooling, micro-batching, and save/load as an artifact director
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -132,8 +133,20 @@ def _verified_encoder_weights(shared: SharedEncoder) -> Path:
     return weights
 
 
+#: Frozen package encoders loaded in this process, by checksum: a router and a reward model on
+#: the same frozen encoder hold one copy of its weights (it is never trained in place: the
+#: artifact's weights are the package's, verified on load). Predictors sharing it share its device too.
+_loaded_shared_encoders: dict[str, nn.Module] = {}
+_loaded_shared_encoders_lock = threading.Lock()
+
+
 def _shared_encoder(shared: SharedEncoder, encoder_config: dict[str, Any], directory: Path) -> nn.Module:
-    encoder, _ = load_backbone(_verified_encoder_weights(shared).parent)
+    with _loaded_shared_encoders_lock:
+        encoder = _loaded_shared_encoders.get(shared.sha256)
+        if encoder is None:
+            encoder, _ = load_backbone(_verified_encoder_weights(shared).parent)
+            encoder.eval().requires_grad_(False)
+            _loaded_shared_encoders[shared.sha256] = encoder
     if encoder.config.model_type != encoder_config.get("model_type"):
         raise ArtifactError(
             f"{directory}: {shared.package} ships a {encoder.config.model_type!r} encoder, the artifact expects "
