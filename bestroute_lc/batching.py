@@ -186,9 +186,7 @@ class MicroBatcher(Generic[Item, Result]):
                 continue
             items = [item for request in batch for item in request.items]
             try:
-                results = list(self._batch_fn(items))
-                if len(results) != len(items):
-                    raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} items")
+                results = self._call_batch_fn(items)
             except BaseException as exc:  # hand the error to every waiting caller
                 for request in batch:
                     request.future.set_exception(exc)
@@ -284,14 +282,18 @@ class MicroBatcher(Generic[Item, Result]):
             del pool[bucket]
         return batch
 
+    def _call_batch_fn(self, items: list[Item]) -> list[Result]:
+        results = list(self._batch_fn(items))
+        if len(results) != len(items):
+            raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} items")
+        return results
+
     def _run_pass(self, batch: list[tuple[_Request, int]]) -> int:
         """One ``batch_fn`` call; returns how many requests it finished."""
         requests = list(dict.fromkeys(request for request, _ in batch))
         items = [request.items[index] for request, index in batch]
         try:
-            results = list(self._batch_fn(items))
-            if len(results) != len(items):
-                raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} items")
+            results = self._call_batch_fn(items)
         except BaseException as exc:  # hand the error to every waiting caller
             for request in requests:
                 request.state = _DONE
