@@ -51,3 +51,19 @@ def test_installed_reward_head_scores_what_the_features_say(tmp_path) -> None:
     scores = np.asarray(reward.score(pairs[0][0], [c for _, c in pairs]))
     np.testing.assert_allclose(scores, features @ weight, atol=2e-5)
     assert np.mean(scores[1::2] > scores[0::2]) == pytest.approx(1.0)
+
+
+def test_features_from_onnx_runtime_equal_torchs(tmp_path, monkeypatch) -> None:
+    """The frozen features come from ONNX Runtime on CPU (as at run time) and equal torch's."""
+    router = tiny_router(["a"], "ref", max_n=2)
+    reward = tiny_reward_model()
+    conversations = [RenderedConversation("", (f"user: question {i} {'hard ' * i}",)) for i in range(6)]
+    pairs = [("user: add two numbers", "def add(a, b): return a + b" + " # x" * i) for i in range(6)]
+    monkeypatch.setenv("BESTROUTE_BACKEND", "torch")
+    torch_router, torch_reward = router_features(router, conversations, cache_dir=None), reward_features(reward, pairs, cache_dir=None)
+    monkeypatch.setenv("BESTROUTE_BACKEND", "auto")
+    from training.evaluation import frozen
+
+    assert frozen._onnx_twin(router) is not None
+    np.testing.assert_allclose(router_features(router, conversations, cache_dir=None), torch_router, atol=1e-5)
+    np.testing.assert_allclose(reward_features(reward, pairs, cache_dir=None), torch_reward, atol=1e-5)

@@ -88,19 +88,38 @@ class FeatureCache:
         os.replace(tmp, self.path)
 
 
-def _encode(module: torch.nn.Module, encoded: Any) -> np.ndarray:
+def _encode(module: torch.nn.Module, encoded: Any, onnx: Any = None) -> np.ndarray:
     from bestroute_lc.encoders import encoder_forward
 
+    if onnx is not None:
+        from bestroute_lc.onnx_backend import pool_numpy
+
+        return pool_numpy(onnx(encoded), encoded["attention_mask"].numpy(), module.pooling).astype(np.float32)
     device = next(module.parameters()).device
     batch = {k: v.to(device) for k, v in encoded.items()}
     return encoder_forward(module.encoder, batch, module.pooling).float().cpu().numpy()
+
+
+def _onnx_twin(predictor: Any) -> Any:
+    """The frozen encoder in ONNX Runtime (as at run time: ~3x faster on CPU, same features
+    within 1e-6), keyed on a checksum of its tensors; None on GPU, with BESTROUTE_BACKEND=torch,
+    or when ONNX Runtime is not installed."""
+    from bestroute_lc.onnx_backend import load_onnx_encoder, onnx_available
+
+    if (os.environ.get("BESTROUTE_BACKEND") or "auto") == "torch" or predictor.device.type != "cpu" or not onnx_available():
+        return None
+    digest = hashlib.sha256()
+    for name, tensor in sorted(predictor.module.encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return load_onnx_encoder(predictor.module.encoder, predictor.tokenizer, "frozen-" + digest.hexdigest())
 
 
 def _features(
     items: Sequence[Any],
     keys: Sequence[str],
     tokenize: Any,
-    module: torch.nn.Module,
+    predictor: Any,
     cache: FeatureCache,
     batch_size: int,
     description: str,
@@ -111,6 +130,8 @@ def _features(
     missing = {k: i for i, k in enumerate(keys) if k not in cache.rows}
     if missing:
         started, last_save = time.monotonic(), time.monotonic()
+        module = predictor.module.eval()
+        onnx = _onnx_twin(predictor)
         by_length: dict[int, list[tuple[str, int]]] = {}
         for key, i in sorted(missing.items()):
             by_length.setdefault(int(tokenize([items[i]])["input_ids"].shape[1]), []).append((key, i))
@@ -124,7 +145,7 @@ def _features(
             encoded = tokenize([items[i] for _, i in chunk])
             parts = [encoded] if bool(encoded["attention_mask"].all()) else [tokenize([items[i]]) for _, i in chunk]
             with torch.inference_mode():
-                rows = np.concatenate([_encode(module, part) for part in parts])
+                rows = np.concatenate([_encode(module, part, onnx) for part in parts])
             for (key, _), row in zip(chunk, rows):
                 cache.rows[key] = row.astype(np.float32)
             if bar is not None:
@@ -152,7 +173,7 @@ def router_features(
     def tokenize(batch: list[Any]) -> Any:
         return encode_conversations(router.tokenizer, batch, router.config.max_length)
 
-    return _features(list(conversations), keys, tokenize, router.module.eval(), cache, batch_size, "router features", progress)
+    return _features(list(conversations), keys, tokenize, router, cache, batch_size, "router features", progress)
 
 
 def reward_features(
@@ -168,7 +189,7 @@ def reward_features(
     def tokenize(batch: list[tuple[str, str]]) -> Any:
         return encode_pairs(reward.tokenizer, [p for p, _ in batch], [c for _, c in batch], reward.config.max_length)
 
-    return _features(list(pairs), keys, tokenize, reward.module.eval(), cache, batch_size, "reward features", progress)
+    return _features(list(pairs), keys, tokenize, reward, cache, batch_size, "reward features", progress)
 
 
 # -- heads ---------------------------------------------------------------------------------
