@@ -106,9 +106,12 @@ def export_encoder(encoder: Any, input_names: list[str], path: Path) -> None:
     inputs = tuple(example[name] for name in input_names)
     dynamic_axes = {name: {0: "batch", 1: "length"} for name in input_names} | {"last_hidden_state": {0: "batch", 1: "length"}}
     wrapper = LastHiddenState(encoder).eval()
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" notices, one per op
+    # The exporter's chatter ("torchvision is not installed", one per op; its optimiser's passes)
+    # at INFO/WARNING, under an application that logs INFO.
+    exporter_logs = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [log.level for log in exporter_logs]
+    for log in exporter_logs:
+        log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -116,18 +119,19 @@ def export_encoder(encoder: Any, input_names: list[str], path: Path) -> None:
                 wrapper, inputs, dynamo=True, input_names=input_names, output_names=["last_hidden_state"],
                 dynamic_axes=dynamic_axes, verbose=False,
             )
+        if program is None:
+            raise RuntimeError("torch.onnx.export returned no program")
+        program.optimize()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            program.save(str(staging))
+            os.replace(staging, path)  # a reader finds the whole file or none
+        finally:
+            staging.unlink(missing_ok=True)
     finally:
-        exporter_log.setLevel(level)
-    if program is None:
-        raise RuntimeError("torch.onnx.export returned no program")
-    program.optimize()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        program.save(str(staging))
-        os.replace(staging, path)  # a reader finds the whole file or none
-    finally:
-        staging.unlink(missing_ok=True)
+        for log, level in zip(exporter_logs, levels):
+            log.setLevel(level)
 
 
 _sessions: dict[tuple[Path, int], Any] = {}
