@@ -94,3 +94,12 @@ def truncate_partial_last_line(path: str | Path, block: int = 1 << 16) -> bool:
             end = start
         handle.truncate(0)
         return True
+
+
+def user_cache_dir(override_env: str, leaf: str) -> Path:
+    """``$<override_env>``, else ``$XDG_CACHE_HOME/bestroute/<leaf>``, else ``~/.cache/bestroute/<leaf>``."""
+    explicit = os.environ.get(override_env)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "bestroute" / leaf

@@ -63,11 +63,9 @@ def inference_threads() -> int:
 
 def onnx_cache_dir() -> Path:
     """``BESTROUTE_ONNX_CACHE``, else ``$XDG_CACHE_HOME/bestroute/onnx``, else ``~/.cache/bestroute/onnx``."""
-    explicit = os.environ.get("BESTROUTE_ONNX_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "bestroute" / "onnx"
+    from bestroute_lc.files import user_cache_dir
+
+    return user_cache_dir("BESTROUTE_ONNX_CACHE", "onnx")
 
 
 def onnx_available() -> bool:

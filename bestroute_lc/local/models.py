@@ -118,11 +118,9 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (QWEN_CODER_1_5B, SM
 
 def default_cache_dir() -> Path:
     """``BESTROUTE_MODEL_CACHE``, else ``$XDG_CACHE_HOME/bestroute/models``, else ``~/.cache/bestroute/models``."""
-    explicit = os.environ.get("BESTROUTE_MODEL_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "bestroute" / "models"
+    from bestroute_lc.files import user_cache_dir
+
+    return user_cache_dir("BESTROUTE_MODEL_CACHE", "models")
 
 
 def install_command(spec: ModelSpec, *, force: bool = False) -> str:
