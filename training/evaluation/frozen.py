@@ -101,7 +101,7 @@ def _encode(module: torch.nn.Module, encoded: Any, onnx: Any = None) -> np.ndarr
 
 
 def _onnx_twin(predictor: Any) -> Any:
-    """The frozen encoder in ONNX Runtime (as at run time: ~3x faster on CPU, same features
+    """The frozen encoder in ONNX Runtime (as at run time: faster on CPU, same features
     within 1e-6), keyed on a checksum of its tensors; None on GPU, with BESTROUTE_BACKEND=torch,
     or when ONNX Runtime is not installed."""
     from bestroute_lc.onnx_backend import load_onnx_encoder, onnx_available
