@@ -320,15 +320,17 @@ class EncoderPredictor(Generic[Config]):
     def forward_items(self, items: list[Any]) -> list[Any]:
         raise NotImplementedError
 
-    def item_text_length(self, item: Any) -> int:
-        """Characters of text in one item (subclasses), for ``item_length``."""
+    def item_text(self, item: Any) -> str:
+        """The text of one item (subclasses), for ``item_length``."""
         raise NotImplementedError
 
     def item_length(self, item: Any) -> int:
         """An item's length in tokens for the batcher's buckets, estimated without tokenising
-        (about four characters a token; items are tokenised once, in the forward pass) and
-        capped where truncation will cut every longer item to the same length."""
-        return min(self.item_text_length(item) // 4 + 1, self.config.max_length)
+        (``approximate_tokens``; items are tokenised once, in the forward pass) and capped where
+        truncation will cut every longer item to the same length."""
+        from bestroute_lc.pricing import approximate_tokens
+
+        return min(approximate_tokens(self.item_text(item)), self.config.max_length)
 
     # -- batching -----------------------------------------------------------------
     def _forward_in_chunks(self, items: list[Any]) -> list[Any]:

@@ -84,8 +84,8 @@ class RewardPredictor(EncoderPredictor[RewardConfig], Reranker):
             torch.manual_seed(seed)
         return cls(cls.build_module(encoder, config), tokenizer, config, **kwargs)
 
-    def item_text_length(self, item: tuple[str, str]) -> int:
-        return len(item[0]) + len(item[1])
+    def item_text(self, item: tuple[str, str]) -> str:
+        return item[0] + item[1]
 
     def forward_items(self, items: list[tuple[str, str]]) -> list[float]:
         prompts = [p for p, _ in items]

@@ -134,8 +134,8 @@ class RouterPredictor(EncoderPredictor[RouterConfig]):
     def encode(self, conversations: Sequence[RenderedConversation]) -> Any:
         return encode_conversations(self.tokenizer, conversations, self.config.max_length)
 
-    def item_text_length(self, item: RenderedConversation) -> int:
-        return len(item.system) + sum(len(turn) for turn in item.turns)
+    def item_text(self, item: RenderedConversation) -> str:
+        return item.text
 
     def forward_items(self, items: list[RenderedConversation]) -> list[np.ndarray]:
         logits = self.run_module(self.encode(items)).float().cpu().numpy()
