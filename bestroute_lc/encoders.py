@@ -115,6 +115,11 @@ def package_encoder(package: str = DEFAULT_ENCODER_PACKAGE[0], locator: str = DE
     return provisional.model_copy(update={"sha256": sha256_of(_encoder_weights(provisional))})
 
 
+def shared_weights_key(shared: SharedEncoder) -> str:
+    """What names a shared encoder's weights (its package file's checksum), e.g. for the ONNX cache."""
+    return "shared-" + shared.sha256
+
+
 def _encoder_weights(shared: SharedEncoder) -> Path:
     weights = shared_encoder_directory(shared) / WEIGHTS_FILE
     if not weights.is_file():
@@ -266,7 +271,7 @@ class EncoderPredictor(Generic[Config]):
         """A checksum naming the encoder's weights, when they are known to be those of a file:
         the shared encoder's, else the artifact's. None for a model built in memory."""
         if self.config.shared_encoder is not None:
-            return "shared-" + self.config.shared_encoder.sha256
+            return shared_weights_key(self.config.shared_encoder)
         return self.config.weights_sha256
 
     def use_backend(self, backend: str | None = None) -> str:
@@ -280,27 +285,33 @@ class EncoderPredictor(Generic[Config]):
         changing the weights, choose again."""
         import os
 
-        from bestroute_lc.onnx_backend import load_onnx_encoder, onnx_available
-
         backend = backend or os.environ.get("BESTROUTE_BACKEND") or "auto"
         if backend not in ("auto", "onnx", "onnx-int8", "torch"):
             raise ValueError(f"backend must be 'auto', 'onnx', 'onnx-int8' or 'torch', got {backend!r}")
         self._onnx = None
         if backend == "torch":
             return self.backend
-        key = self.weights_key()
-        reasons = [why for why, failed in (
-            (f"the model is on {self.device.type}, ONNX Runtime runs here on CPU only", self.device.type != "cpu"),
-            ("the weights are not those of a saved artifact (save_pretrained, then from_pretrained)", key is None),
-            ("onnxruntime, onnx and onnxscript are not all installed", not onnx_available()),
-        ) if failed]
-        if not reasons:
-            self._onnx = load_onnx_encoder(self.module.encoder, self.tokenizer, key, int8=backend == "onnx-int8")  # type: ignore[arg-type]
-            if self._onnx is None:
-                reasons.append("the export or its check failed (see the warning above)")
+        self._onnx, reasons = self.onnx_twin(self.weights_key(), int8=backend == "onnx-int8")
         if backend.startswith("onnx") and self._onnx is None:
             raise RuntimeError(f"{self.kind}: cannot use the ONNX Runtime back-end: {'; '.join(reasons)}")
         return self.backend
+
+    def onnx_twin(self, weights_key: str | None, *, int8: bool = False) -> tuple[Any, list[str]]:
+        """This encoder in ONNX Runtime, exported (or taken from the cache) under ``weights_key``
+        (which must name the encoder's weights as they are now), and why not where it cannot
+        be: (the twin or None, reasons). It does not change where this predictor runs
+        (``use_backend`` does), so training may use it for frozen features."""
+        from bestroute_lc.onnx_backend import load_onnx_encoder, onnx_available
+
+        reasons = [why for why, failed in (
+            (f"the model is on {self.device.type}, ONNX Runtime runs here on CPU only", self.device.type != "cpu"),
+            ("the weights are not those of a saved artifact (save_pretrained, then from_pretrained)", weights_key is None),
+            ("onnxruntime, onnx and onnxscript are not all installed", not onnx_available()),
+        ) if failed]
+        if reasons:
+            return None, reasons
+        twin = load_onnx_encoder(self.module.encoder, self.tokenizer, weights_key, int8=int8)  # type: ignore[arg-type]
+        return twin, [] if twin is not None else ["the export or its check failed (see the warning above)"]
 
     def run_module(self, encoded: Any) -> torch.Tensor:
         """The module's output for one tokenised batch, on the chosen back-end."""
@@ -347,12 +358,7 @@ class EncoderPredictor(Generic[Config]):
     def share_encoder(self, shared: SharedEncoder) -> None:
         """Save without the encoder's weights from now on: they are ``shared``'s, which this
         model's encoder must equal tensor for tensor (a fine-tuned encoder is refused)."""
-        from safetensors.torch import load_file
-
-        pretrained = load_file(str(_verified_encoder_weights(shared)))
-        own = {k: v.detach().cpu() for k, v in self.module.encoder.state_dict().items()}
-        differing = [k for k, v in own.items() if k in pretrained and not torch.equal(v, pretrained[k].to(v.dtype))]
-        missing = [k for k in own if k not in pretrained and not k.endswith("position_ids")]
+        differing, missing = self._encoder_differences(shared)
         if differing or missing:
             raise ValueError(
                 f"this {self.kind} model's encoder is not {shared.package}'s pretrained encoder "
@@ -362,6 +368,20 @@ class EncoderPredictor(Generic[Config]):
         self.config.shared_encoder = shared
         # Provenance without this machine's install path.
         self.config.backbone = f"{shared.package} ({shared.locator})"
+
+    def encoder_is(self, shared: SharedEncoder) -> bool:
+        """Whether this model's encoder equals ``shared``'s, tensor for tensor."""
+        return not any(self._encoder_differences(shared))
+
+    def _encoder_differences(self, shared: SharedEncoder) -> tuple[list[str], list[str]]:
+        """(tensors that differ from ``shared``'s, tensors ``shared`` lacks)."""
+        from safetensors.torch import load_file
+
+        pretrained = load_file(str(_verified_encoder_weights(shared)))
+        own = {k: v.detach().cpu() for k, v in self.module.encoder.state_dict().items()}
+        differing = [k for k, v in own.items() if k in pretrained and not torch.equal(v, pretrained[k].to(v.dtype))]
+        missing = [k for k in own if k not in pretrained and not k.endswith("position_ids")]
+        return differing, missing
 
     @classmethod
     def expected_weights_metadata(cls, config: Any) -> dict[str, str]:

@@ -13,7 +13,7 @@ keeps its beginning, up to three quarters of the budget; the prompt keeps its en
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bestroute_lc.conversation import RenderedConversation
@@ -35,41 +35,103 @@ def _budget(tokenizer: Any, max_length: int, pair: bool) -> int:
     return max_length - tokenizer.num_special_tokens_to_add(pair=pair)
 
 
-def _offsets(tokenizer: Any, text: str) -> list[tuple[int, int]]:
-    return tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+def _offsets(tokenizer: Any, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+    """Character offsets of each text's tokens (no special tokens), in one tokenizer call."""
+    if not texts:
+        return []
+    return tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
 
 
-def tail_text(tokenizer: Any, text: str, keep_tokens: int) -> str:
-    """The end of ``text`` that encodes to at most ``keep_tokens`` tokens.
+Cut = Callable[[str, list[tuple[int, int]], int], str]
 
-    Cut in characters, at a word start, not in token ids: decoding a cut that falls
-    inside a word gives a leading sub-word piece that re-encodes to more tokens, and
-    the overflow would then be truncated from the *end*, losing the newest text.
-    """
-    if keep_tokens <= 0 or not text:
-        return ""
-    while True:
-        offsets = _offsets(tokenizer, text)
-        if len(offsets) <= keep_tokens:
-            return text
-        start = offsets[len(offsets) - keep_tokens][0]
-        while 0 < start < len(text) and not text[start - 1].isspace():
-            start += 1  # move to the next word start
-        text = text[start:]
+
+def _cut_until_they_fit(
+    tokenizer: Any,
+    texts: Sequence[str],
+    keeps: Sequence[int],
+    cut: Cut,
+    *,
+    shrink_on_overflow: bool,
+    offsets: Sequence[list[tuple[int, int]]] | None = None,
+) -> tuple[list[str], list[int]]:
+    """Cut every text until it encodes to at most its ``keeps`` tokens; return the texts and
+    their token counts. One tokenizer call per round for all texts still too long (usually
+    one round: a cut at a token boundary re-encodes to the same tokens). ``offsets``: the
+    texts' token offsets when the caller already has them. ``shrink_on_overflow``: a cut
+    that still re-encodes to too many tokens is cut again one token shorter (for a cut
+    that could otherwise land on the same place again)."""
+    texts, keeps = list(texts), list(keeps)
+    current = list(offsets) if offsets is not None else _offsets(tokenizer, texts)
+    was_cut = [False] * len(texts)
+    pending = list(range(len(texts)))
+    while pending:
+        still_long = []
+        for i in pending:
+            if len(current[i]) <= keeps[i] and texts[i]:
+                continue
+            if was_cut[i] and shrink_on_overflow:
+                keeps[i] -= 1
+            if keeps[i] <= 0 or not texts[i]:
+                texts[i], current[i] = "", []
+                continue
+            texts[i], was_cut[i] = cut(texts[i], current[i], keeps[i]), True
+            still_long.append(i)
+        for i, fresh in zip(still_long, _offsets(tokenizer, [texts[i] for i in still_long])):
+            current[i] = fresh
+        pending = still_long
+    return texts, [len(o) for o in current]
+
+
+def _head_cut(text: str, offsets: list[tuple[int, int]], keep_tokens: int) -> str:
+    # A cut after a token is a prefix of the same pieces (shrink_on_overflow guards the rare
+    # tokenizer for which it is not).
+    return text[: offsets[keep_tokens - 1][1]]
+
+
+def _tail_cut(text: str, offsets: list[tuple[int, int]], keep_tokens: int) -> str:
+    # Cut in characters, at a word start, not in token ids: decoding a cut that falls inside
+    # a word gives a leading sub-word piece that re-encodes to more tokens, and the overflow
+    # would then be truncated from the *end*, losing the newest text.
+    start = offsets[len(offsets) - keep_tokens][0]
+    while 0 < start < len(text) and not text[start - 1].isspace():
+        start += 1  # move to the next word start
+    return text[start:]
+
+
+def head_texts(tokenizer: Any, texts: Sequence[str], keeps: Sequence[int], offsets: Any = None) -> tuple[list[str], list[int]]:
+    """The start of each text that encodes to at most its ``keeps`` tokens, and its token count."""
+    return _cut_until_they_fit(tokenizer, texts, keeps, _head_cut, shrink_on_overflow=True, offsets=offsets)
+
+
+def tail_texts(tokenizer: Any, texts: Sequence[str], keeps: Sequence[int], offsets: Any = None) -> tuple[list[str], list[int]]:
+    """The end of each text that encodes to at most its ``keeps`` tokens (from a word start),
+    and its token count."""
+    return _cut_until_they_fit(tokenizer, texts, keeps, _tail_cut, shrink_on_overflow=False, offsets=offsets)
+
+
+def _cut_distinct(
+    cut_texts: Callable[..., tuple[list[str], list[int]]],
+    tokenizer: Any,
+    texts: list[str],
+    keeps: list[int],
+    offsets: dict[str, list[tuple[int, int]]],
+) -> list[tuple[str, int]]:
+    """``cut_texts`` (head_texts or tail_texts) over the distinct (text, keep) requests only:
+    the n candidates of one call repeat their prompt, and often their cut."""
+    requests = list(dict.fromkeys(zip(texts, keeps)))
+    cut, counts = cut_texts(tokenizer, [t for t, _ in requests], [k for _, k in requests], offsets=[offsets[t] for t, _ in requests])
+    results = dict(zip(requests, zip(cut, counts)))
+    return [results[request] for request in zip(texts, keeps)]
 
 
 def head_text(tokenizer: Any, text: str, keep_tokens: int) -> str:
     """The start of ``text`` that encodes to at most ``keep_tokens`` tokens."""
-    while True:
-        if keep_tokens <= 0 or not text:
-            return ""
-        offsets = _offsets(tokenizer, text)
-        if len(offsets) <= keep_tokens:
-            return text
-        # A cut after a token is a prefix of the same pieces; the loop guards the rare
-        # tokenizer for which it is not.
-        text = text[: offsets[keep_tokens - 1][1]]
-        keep_tokens -= 0 if len(_offsets(tokenizer, text)) <= keep_tokens else 1
+    return head_texts(tokenizer, [text], [keep_tokens])[0][0]
+
+
+def tail_text(tokenizer: Any, text: str, keep_tokens: int) -> str:
+    """The end of ``text`` that encodes to at most ``keep_tokens`` tokens, from a word start."""
+    return tail_texts(tokenizer, [text], [keep_tokens])[0][0]
 
 
 def _fit_conversation(tokenizer: Any, conversation: RenderedConversation, budget: int) -> str:
@@ -107,20 +169,22 @@ def encode_pairs(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str
         raise ValueError("prompts and responses must have the same length")
     budget = _budget(tokenizer, max_length, pair=True)
     # One tokenizer call for every distinct text (the n candidates of a call share their
-    # prompt); pairs that fit as they are, the usual case, need no other until the final one.
+    # prompt), one more per round of cuts for all pairs that do not fit, then the final one.
     distinct = list(dict.fromkeys([*prompts, *responses]))
-    lengths = dict(zip(distinct, map(len, _token_ids(tokenizer, distinct))))
-    fitted_prompts, fitted_responses = [], []
-    for prompt, response in zip(prompts, responses):
-        p_len, r_len = lengths[prompt], lengths[response]
-        if p_len + r_len <= budget:
-            fitted_prompts.append(prompt)
-            fitted_responses.append(response)
-            continue
-        response_budget = min(r_len, max(budget - p_len, (3 * budget) // 4))
-        fitted_response = head_text(tokenizer, response, response_budget)
-        fitted_responses.append(fitted_response)
-        fitted_prompts.append(tail_text(tokenizer, prompt, budget - _count(tokenizer, fitted_response)))
+    offsets = dict(zip(distinct, _offsets(tokenizer, distinct)))
+    fitted_prompts, fitted_responses = list(prompts), list(responses)
+    too_long = [i for i, (p, r) in enumerate(zip(prompts, responses)) if len(offsets[p]) + len(offsets[r]) > budget]
+    if too_long:
+        # Responses keep their start (up to 3/4 of the budget, more if the prompt is short)...
+        response_keeps = [
+            min(len(offsets[responses[i]]), max(budget - len(offsets[prompts[i]]), (3 * budget) // 4)) for i in too_long
+        ]
+        cut_responses = _cut_distinct(head_texts, tokenizer, [responses[i] for i in too_long], response_keeps, offsets)
+        # ... and prompts their end in what is left.
+        prompt_keeps = [budget - count for _, count in cut_responses]
+        cut_prompts = _cut_distinct(tail_texts, tokenizer, [prompts[i] for i in too_long], prompt_keeps, offsets)
+        for i, (response, _), (prompt, _) in zip(too_long, cut_responses, cut_prompts):
+            fitted_responses[i], fitted_prompts[i] = response, prompt
     return tokenizer(
         fitted_prompts,
         fitted_responses,

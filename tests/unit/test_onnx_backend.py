@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -172,7 +173,19 @@ def test_threads(monkeypatch):
         with pytest.raises(ValueError, match="BESTROUTE_NUM_THREADS"):
             inference_threads()
     monkeypatch.delenv("BESTROUTE_NUM_THREADS")
-    assert 1 <= inference_threads() <= 4
+    # Unset: the CPUs this process may use, at most 4.
+    for usable, expected in ((1, 1), (2, 2), (3, 3), (16, 4)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, usable=usable: set(range(usable)), raising=False)
+        assert inference_threads() == expected
+
+
+def test_sessions_do_not_spin_wait_and_use_the_configured_threads(tiny_artifacts, monkeypatch, tmp_path):
+    monkeypatch.setenv("BESTROUTE_ONNX_CACHE", str(tmp_path))
+    monkeypatch.setenv("BESTROUTE_NUM_THREADS", "2")
+    router = RouterPredictor.from_pretrained(tiny_artifacts / "router", backend="onnx")
+    options = router._onnx.session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_the_cache_directory_follows_the_environment(monkeypatch, tmp_path):

@@ -102,17 +102,36 @@ def _encode(module: torch.nn.Module, encoded: Any, onnx: Any = None) -> np.ndarr
 
 def _onnx_twin(predictor: Any) -> Any:
     """The frozen encoder in ONNX Runtime (as at run time: faster on CPU, same features
-    within 1e-6), keyed on a checksum of its tensors; None on GPU, with BESTROUTE_BACKEND=torch,
-    or when ONNX Runtime is not installed."""
-    from bestroute_lc.onnx_backend import load_onnx_encoder, onnx_available
-
-    if (os.environ.get("BESTROUTE_BACKEND") or "auto") == "torch" or predictor.device.type != "cpu" or not onnx_available():
+    within 1e-6); None where the run time would use torch (GPU, BESTROUTE_BACKEND=torch,
+    ONNX Runtime not installed)."""
+    if (os.environ.get("BESTROUTE_BACKEND") or "auto") == "torch":
         return None
+    twin, _ = predictor.onnx_twin(_frozen_weights_key(predictor))
+    return twin
+
+
+def _frozen_weights_key(predictor: Any) -> str:
+    """The encoder's weights named as the run time names them, so a machine that trains and
+    serves exports each encoder once: the artifact's key when it has one, the package's when
+    the encoder is the default package's (the usual frozen backbone), else a checksum of its
+    tensors."""
+    from bestroute_lc.artifacts import ArtifactError
+    from bestroute_lc.encoders import package_encoder, shared_weights_key
+
+    key = predictor.weights_key()
+    if key is not None:
+        return key
+    try:
+        shared = package_encoder()
+        if predictor.encoder_is(shared):
+            return shared_weights_key(shared)
+    except ArtifactError:  # the package is not installed: not its encoder
+        pass
     digest = hashlib.sha256()
     for name, tensor in sorted(predictor.module.encoder.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return load_onnx_encoder(predictor.module.encoder, predictor.tokenizer, "frozen-" + digest.hexdigest())
+    return "frozen-" + digest.hexdigest()
 
 
 def _features(
