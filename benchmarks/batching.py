@@ -7,7 +7,8 @@ the back-end the runtime uses on CPU (``--backend onnx``, the default: ONNX Runt
 torch.inference_mode()). Every mode gets the same prompts, split the same way between callers:
 
 * unbatched: each caller runs the forward pass itself, under a lock (one model, one pass at
-  a time);
+  a time); with ``--callers asyncio``, in a worker thread (``asyncio.to_thread``: an event loop
+  must not run the model);
 * bucketed: MicroBatcher with length_fn (token count): pad within a length bucket, no wait
   when idle, adaptive window;
 * fixed window: MicroBatcher without length_fn (the original scheduler: 5 ms window, every
@@ -16,12 +17,16 @@ torch.inference_mode()). Every mode gets the same prompts, split the same way be
   equal lengths (no padding; 32 items, down to 4 for long prompts, whose cost per item no
   longer depends on the batch size): the best any scheduler could do on this length mix.
 
+Callers: ``--callers threads`` (default), C threads calling synchronously (a lone caller on an
+idle batcher runs the pass in its own thread); ``--callers asyncio``, C tasks on one event
+loop awaiting ``acall`` (what BestRouteChatModel does: every pass runs in the batcher's worker).
+
 Lengths are log-uniform between --lengths MIN:MAX tokens (default 8:400: as many 8-20 token
 prompts as 150-400 token ones). A measurement at C concurrent calls pushes max(--items, C)
 prompts through. All figures come from one run; each ratio is the median over rounds of
 timings taken back to back (modes in rotating order), because these machines are noisy.
 
-    python benchmarks/batching.py [--backend onnx|torch] [--rounds 3] [--items 64] [--lengths 8:400] [--quick] [--out results.json]
+    python benchmarks/batching.py [--backend onnx|torch] [--callers threads|asyncio] [--rounds 3] [--items 64] [--lengths 8:400] [--quick] [--out results.json]
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -146,6 +152,24 @@ def run_callers(concurrency: int, items: list[torch.Tensor], call: Callable[[tor
     return elapsed, cpu
 
 
+def run_tasks(concurrency: int, items: list[torch.Tensor], acall: Callable[[torch.Tensor], Any]) -> tuple[float, float]:
+    """As ``run_callers``, with ``concurrency`` tasks on one event loop awaiting ``acall``."""
+    import asyncio
+
+    async def main() -> float:
+        async def caller(share: list[torch.Tensor]) -> None:
+            for item in share:
+                await acall(item)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(caller(items[j::concurrency]) for j in range(concurrency)))
+        return time.perf_counter() - start
+
+    cpu_start = time.process_time()
+    elapsed = asyncio.run(main())
+    return elapsed, time.process_time() - cpu_start
+
+
 def per_item_seconds(forward, tokenizer, lengths: list[int]) -> tuple[dict[int, float], dict[int, float]]:
     """Seconds per item at each length: alone, and in a full batch of equal lengths (no padding)."""
     alone, batched = {}, {}
@@ -174,6 +198,7 @@ def interpolate(table: dict[int, float], length: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
+    parser.add_argument("--callers", choices=("threads", "asyncio"), default="threads")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--items", type=int, default=64, help="prompts per measurement (at least C)")
     parser.add_argument("--lengths", default="8:400", help="MIN:MAX tokens, log-uniform")
@@ -205,6 +230,24 @@ def main() -> None:
     bucketed = MicroBatcher(forward, max_batch_size=32, max_wait_s=0.005, length_fn=len, name="bench-bucketed")
     fixed = MicroBatcher(forward, max_batch_size=32, max_wait_s=0.005, name="bench-fixed")
     calls = {"unbatched": unbatched, "bucketed": lambda x: bucketed([x])[0], "fixed window": lambda x: fixed([x])[0]}
+
+    async def unbatched_async(item: torch.Tensor) -> torch.Tensor:
+        import asyncio
+
+        return await asyncio.to_thread(unbatched, item)
+
+    async def bucketed_async(item: torch.Tensor) -> torch.Tensor:
+        return (await bucketed.acall([item]))[0]
+
+    async def fixed_async(item: torch.Tensor) -> torch.Tensor:
+        return (await fixed.acall([item]))[0]
+
+    async_calls = {"unbatched": unbatched_async, "bucketed": bucketed_async, "fixed window": fixed_async}
+
+    def measure(c: int, mode: str) -> tuple[float, float]:
+        if args.callers == "asyncio":
+            return run_tasks(c, workload[c], async_calls[mode])
+        return run_callers(c, workload[c], calls[mode])
     batchers = {"bucketed": bucketed, "fixed window": fixed}
 
     # Warm-up, and a check that padding within a pass changes no result.
@@ -218,7 +261,7 @@ def main() -> None:
 
     lengths = sorted(len(x) for x in items)
     print(
-        f"all-MiniLM-L6-v2, {args.backend} with {threads} thread(s), prompts of {low}-{high} tokens, log-uniform "
+        f"all-MiniLM-L6-v2, {args.backend} with {threads} thread(s), {args.callers} callers, prompts of {low}-{high} tokens, log-uniform "
         f"(median {lengths[len(lengths) // 2]}, mean {sum(lengths) / len(lengths):.0f}), "
         f"{', '.join(f'{len(w)} at C={c}' for c, w in workload.items())}, {args.rounds} round(s)",
         flush=True,
@@ -233,7 +276,7 @@ def main() -> None:
             shift = (round_ + c) % len(MODES)
             for mode in MODES[shift:] + MODES[:shift]:
                 before = batchers[mode].stats.forward_passes if mode in batchers else 0
-                wall_s, cpu_s = run_callers(c, workload[c], calls[mode])
+                wall_s, cpu_s = measure(c, mode)
                 wall[c, mode].append(wall_s)
                 cpu[c, mode].append(cpu_s)
                 if mode in batchers:
@@ -287,6 +330,7 @@ def main() -> None:
                 {
                     "model": "all-MiniLM-L6-v2",
                     "backend": args.backend,
+                    "callers": args.callers,
                     "threads": threads,
                     "lengths": {"low": low, "high": high, "median": lengths[len(lengths) // 2], "mean": sum(lengths) / len(lengths)},
                     "rounds": args.rounds,

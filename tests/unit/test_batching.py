@@ -405,5 +405,52 @@ def test_bucketed_close_serves_what_was_queued_and_restarts(make_batcher):
     assert [f.result(timeout=5) for f in futures] == [["a" * n * 10] for n in (1, 30, 60, 90)]
     first = batcher._thread
     assert first is not None and not first.is_alive()
-    assert batcher(["b"]) == ["b" * 10]
+    assert batcher.submit(["b"]).result(timeout=5) == ["b" * 10]
     assert batcher._thread is not first
+
+
+def test_a_synchronous_call_on_an_idle_batcher_runs_in_the_callers_thread(make_batcher):
+    """No hand-off to the worker and back when nothing is queued or running; the same passes."""
+    rec = Recorder(fn=lambda s: len(s))
+    batcher = make_batcher(rec, max_batch_size=2, length_fn=len, bucket_width=16)
+    assert batcher(["a" * 3, "b" * 100, "c" * 5, "d" * 4]) == [3, 100, 5, 4]
+    assert rec.threads == {threading.get_ident()} and batcher._thread is None
+    assert rec.batches == [["a" * 3, "c" * 5], ["d" * 4], ["b" * 100]]
+    assert (batcher.stats.forward_passes, batcher.stats.items, batcher.stats.requests) == (3, 4, 1)
+    failing_fn = Recorder(fn=lambda s: 1 / 0)
+    failing = make_batcher(failing_fn, length_fn=len)
+    for _ in range(2):  # the error raises in the caller, and the next call runs again
+        with pytest.raises(ZeroDivisionError):
+            failing(["x"])
+    assert len(failing_fn.batches) == 2 and failing._queued == 0
+
+
+def test_inline_calls_never_run_beside_the_worker_or_each_other(make_batcher):
+    """Synchronous callers (inline when idle) and asynchronous ones (the worker) mixed: one
+    batch_fn at a time, queued work first, every caller its own results."""
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def forward(items):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.002)
+        with lock:
+            running[0] -= 1
+        return [x * 10 for x in items]
+
+    batcher = make_batcher(forward, length_fn=lambda x: x % 50, bucket_width=8)
+
+    def caller(base: int) -> list:
+        out = []
+        for i in range(15):
+            x = base * 100 + i
+            out.append(batcher([x])[0] if i % 3 else batcher.submit([x]).result(timeout=5)[0])
+        return out
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(caller, range(8)))
+    assert results == [[(b * 100 + i) * 10 for i in range(15)] for b in range(8)]
+    assert most[0] == 1
+    assert batcher.stats.requests == 8 * 15 and batcher._queued == 0
