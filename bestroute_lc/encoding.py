@@ -93,6 +93,8 @@ def _tail_cut(text: str, offsets: list[tuple[int, int]], keep_tokens: int) -> st
     # a word gives a leading sub-word piece that re-encodes to more tokens, and the overflow
     # would then be truncated from the *end*, losing the newest text.
     start = offsets[len(offsets) - keep_tokens][0]
+    if start == 0:  # pieces of the first character only (several tokens from one): step past it, or loop forever
+        start = next((s for s, _ in offsets if s > 0), len(text))
     while 0 < start < len(text) and not text[start - 1].isspace():
         start += 1  # move to the next word start
     return text[start:]

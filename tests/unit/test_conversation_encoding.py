@@ -338,3 +338,24 @@ def test_pairs_tokenise_a_call_in_a_few_tokenizer_calls_whatever_n(tok, n):
     for j, candidate in enumerate(candidates):
         alone = encode_pairs(tok, [prompt], [candidate], 128)
         assert together["input_ids"][j].tolist() == alone["input_ids"][0].tolist()
+
+
+class _PiecesTokenizer:
+    """One token per non-space character, two for "X" (both spanning it): a character that
+    encodes to several pieces, which share their start offset."""
+
+    def __call__(self, texts, **kwargs):
+        offsets = [[span for i, c in enumerate(t) if not c.isspace() for span in [(i, i + 1)] * (2 if c == "X" else 1)] for t in texts]
+        return {"offset_mapping": offsets, "input_ids": [[0] * len(o) for o in offsets]}
+
+
+def test_tail_cut_progresses_when_the_first_characters_pieces_share_an_offset():
+    """The cut would start at offset 0 (the first character's second piece): it must step past
+    that character instead of cutting nothing, forever (a user's prompt could start so)."""
+    from bestroute_lc.encoding import head_text, tail_text
+
+    tokenizer = _PiecesTokenizer()
+    assert tail_text(tokenizer, "Xab cd", 5) == "cd"
+    assert tail_text(tokenizer, "X", 1) == ""
+    assert head_text(tokenizer, "Xab", 1) == ""  # the head cut shrinks past a split character
+    assert head_text(tokenizer, "Xab", 2) == "X"
