@@ -283,11 +283,9 @@ class EncoderPredictor(Generic[Config]):
         check its agreement on your traffic first; off by default). ``"torch"``: torch. The ONNX
         twin is exported from the weights as they are now (``bestroute_lc.onnx_backend``): after
         changing the weights, choose again."""
-        import os
+        from bestroute_lc.onnx_backend import requested_backend
 
-        backend = backend or os.environ.get("BESTROUTE_BACKEND") or "auto"
-        if backend not in ("auto", "onnx", "onnx-int8", "torch"):
-            raise ValueError(f"backend must be 'auto', 'onnx', 'onnx-int8' or 'torch', got {backend!r}")
+        backend = requested_backend(backend)
         self._onnx = None
         if backend == "torch":
             return self.backend

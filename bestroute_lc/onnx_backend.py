@@ -6,8 +6,8 @@ against 192 ms for torch (2 cores, 2 threads each), and several times faster tha
 default threads on a busy machine (a router call: 9 vs 101 ms, 2 cores, one busy). Only the
 *encoder* runs here: it is exported once per set of weights (``torch.onnx.export``, the dynamo
 exporter, which traces the attention masks correctly where the legacy TorchScript tracer bakes
-in the sequence length; with the eager attention, see ``export_encoder``), written to the cache (``BESTROUTE_ONNX_CACHE``, else ``~/.cache/bestroute/onnx``)
-under the weights' checksum, and loaded in one ``InferenceSession`` per file per process, so
+in the sequence length; with the eager attention, see ``export_encoder``), written to the cache
+(``BESTROUTE_ONNX_CACHE``, else ``~/.cache/bestroute/onnx``) under the weights' checksum, and loaded in one ``InferenceSession`` per file per process, so
 a router and a reward model on the same frozen encoder share it (one copy in memory). Pooling
 and the heads (a few thousand multiply-adds) stay with the predictor.
 
@@ -47,6 +47,17 @@ ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 PROBE_TOLERANCE = 1e-4
 #: Bump when the export changes, so old cache entries are not reused (2: eager attention).
 EXPORT_VERSION = 2
+
+
+BACKENDS = ("auto", "onnx", "onnx-int8", "torch")
+
+
+def requested_backend(backend: str | None = None) -> str:
+    """``backend``, else ``BESTROUTE_BACKEND``, else ``"auto"``; one of ``BACKENDS``."""
+    backend = backend or os.environ.get("BESTROUTE_BACKEND") or "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto', 'onnx', 'onnx-int8' or 'torch', got {backend!r}")
+    return backend
 
 
 def inference_threads() -> int:

@@ -104,7 +104,9 @@ def _onnx_twin(predictor: Any) -> Any:
     """The frozen encoder in ONNX Runtime (as at run time: faster on CPU, same features
     within 1e-6); None where the run time would use torch (GPU, BESTROUTE_BACKEND=torch,
     ONNX Runtime not installed)."""
-    if (os.environ.get("BESTROUTE_BACKEND") or "auto") == "torch":
+    from bestroute_lc.onnx_backend import requested_backend
+
+    if requested_backend() == "torch":
         return None
     twin, _ = predictor.onnx_twin(_frozen_weights_key(predictor))
     return twin
